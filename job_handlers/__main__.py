@@ -1,0 +1,5 @@
+import sys
+
+from job_handlers.cli import main
+
+sys.exit(main())

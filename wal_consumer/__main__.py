@@ -1,0 +1,5 @@
+import sys
+
+from wal_consumer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,147 @@
+"""Jobs, dead letters and the checkpoint, written in one database transaction.
+
+The writer owns the consumer's ordinary (non-replication) connection. It writes jobs through
+procrastinate's job manager on that connection, so they become visible only when the
+checkpoint that covers them commits: a crash before that commit loses both, and the source
+transactions are streamed again; a crash after it leaves the checkpoint ahead of them, and they
+are skipped. That is the exactly-once guarantee.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+from procrastinate import App, SyncPsycopgConnector
+from procrastinate.jobs import Job
+
+from wal_consumer.changes import Change
+from wal_consumer.errors import SetupMissingError
+from wal_consumer.protocol import format_lsn, parse_lsn
+from wal_consumer.routes import JobRequest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    commit_lsn: int = 0
+    end_lsn: int = 0
+    advanced_lsn: int = 0
+
+    @property
+    def confirmed(self) -> int:
+        """The highest position this checkpoint lets us confirm to the server."""
+        return max(self.end_lsn, self.advanced_lsn)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    change: Change
+    error: str
+
+
+def procrastinate_app() -> App:
+    """An App used only for its job manager: the consumer defers, it never runs tasks."""
+    return App(connector=SyncPsycopgConnector())
+
+
+def to_job(request: JobRequest) -> Job:
+    return Job(
+        id=None,
+        queue=request.queue,
+        lock=None,
+        queueing_lock=None,
+        task_name=request.task_name,
+        priority=request.priority,
+        task_kwargs=request.args,
+        scheduled_at=request.scheduled_at,
+    )
+
+
+class BatchWriter:
+    def __init__(self, conn: psycopg.Connection, slot_name: str, app: App | None = None):
+        self.conn = conn
+        self.slot_name = slot_name
+        self.app = app or procrastinate_app()
+        self.jobs_written = 0
+
+    def load_checkpoint(self) -> Checkpoint:
+        row = self.conn.execute(
+            "SELECT commit_lsn::text, end_lsn::text, advanced_lsn::text"
+            " FROM grails_workers.consumer_checkpoint WHERE slot_name = %s",
+            [self.slot_name],
+        ).fetchone()
+        self.conn.rollback()
+        if row is None:
+            raise SetupMissingError(
+                f"no checkpoint row for slot {self.slot_name!r}: run `wal-consumer setup` first"
+            )
+        return Checkpoint(*(parse_lsn(v) for v in row))
+
+    def write_jobs(self, requests: Sequence[JobRequest]) -> None:
+        if requests:
+            self.app.job_manager.batch_defer_jobs(
+                jobs=[to_job(r) for r in requests], connection=self.conn
+            )
+            self.jobs_written += len(requests)
+
+    def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        with self.conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO grails_workers.dead_letters (slot_name, event_key, commit_lsn,"
+                " ordinal, commit_time, schema_name, table_name, operation, column_types,"
+                " old_values, new_values, error)"
+                " VALUES (%s, %s, %s::pg_lsn, %s, %s, %s, %s, %s, %s::jsonb, %s::jsonb,"
+                " %s::jsonb, %s) ON CONFLICT (event_key) DO NOTHING",
+                [
+                    (
+                        self.slot_name, d.change.event_key, format_lsn(d.change.commit_lsn),
+                        d.change.ordinal, d.change.commit_time, d.change.info.schema,
+                        d.change.info.table, d.change.operation,
+                        json.dumps(d.change.info.column_types()),
+                        _json_or_none(d.change.raw_json("old")),
+                        _json_or_none(d.change.raw_json("new")), d.error,
+                    )
+                    for d in letters
+                ],
+            )
+        for d in letters:
+            log.error(
+                "dead-lettered %s on %s at %s: %s", d.change.operation,
+                d.change.info.qualified_name, d.change.event_key, d.error,
+            )
+
+    def commit(
+        self, checkpoint: Checkpoint, transactions: int, last_commit_time: datetime | None
+    ) -> None:
+        self.conn.execute(
+            "UPDATE grails_workers.consumer_checkpoint SET commit_lsn = %s::pg_lsn,"
+            " end_lsn = %s::pg_lsn, transactions = transactions + %s,"
+            " last_commit_time = coalesce(%s, last_commit_time), updated_at = now()"
+            " WHERE slot_name = %s",
+            [format_lsn(checkpoint.commit_lsn), format_lsn(checkpoint.end_lsn), transactions,
+             last_commit_time, self.slot_name],
+        )
+        self.conn.commit()
+
+    def record_idle_advance(self, lsn: int) -> None:
+        self.conn.execute(
+            "UPDATE grails_workers.consumer_checkpoint SET advanced_lsn = %s::pg_lsn,"
+            " updated_at = now() WHERE slot_name = %s",
+            [format_lsn(lsn), self.slot_name],
+        )
+        self.conn.commit()
+
+    def rollback(self) -> None:
+        self.conn.rollback()
+
+
+def _json_or_none(value: object) -> str | None:
+    return None if value is None else json.dumps(value)
