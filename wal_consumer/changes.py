@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from typing import Any, Literal
 
+from psycopg.abc import AdaptContext
 from psycopg.adapt import Transformer
 from psycopg.pq import Format
 
@@ -32,8 +33,8 @@ Operation = Literal["insert", "update", "delete"]
 Loader = Callable[[bytes], Any]
 
 
-def make_loaders(relation: Relation, transformer: Transformer | None = None) -> tuple[Loader, ...]:
-    tx = transformer or Transformer()
+def make_loaders(relation: Relation, context: AdaptContext | None = None) -> tuple[Loader, ...]:
+    tx = Transformer(context)
     return tuple(tx.get_loader(col.type_oid, Format.TEXT).load for col in relation.columns)
 
 

@@ -110,7 +110,7 @@ def _apply_migrations(conn: psycopg.Connection, report: SetupReport) -> None:
     for version, text in sqlfiles.migrations():
         if version in applied:
             continue
-        conn.execute(text.encode())  # type: ignore[call-overload]
+        conn.execute(text.encode())
         conn.execute("INSERT INTO grails_workers.schema_migrations (version) VALUES (%s)",
                      [version])
         report.did(f"applied migration {version}")
@@ -119,7 +119,7 @@ def _apply_migrations(conn: psycopg.Connection, report: SetupReport) -> None:
 def _apply_procrastinate_schema(conn: psycopg.Connection, report: SetupReport) -> None:
     if conn.execute("SELECT to_regclass('procrastinate_jobs')").fetchone() != (None,):
         return
-    conn.execute(SchemaManager.get_schema().encode())  # type: ignore[call-overload]
+    conn.execute(SchemaManager.get_schema().encode())
     report.did("created procrastinate's job queue schema")
 
 
@@ -157,7 +157,7 @@ def setup(settings: ConsumerSettings, *, dev_schema: bool = False) -> SetupRepor
         conn.execute("SELECT pg_advisory_xact_lock(%s)", [SETUP_LOCK_KEY])
         if dev_schema:
             missing_before = published_tables_missing(conn, settings.tables)
-            conn.execute(sqlfiles.read("marketplace_dev.sql").encode())  # type: ignore[call-overload]
+            conn.execute(sqlfiles.read("marketplace_dev.sql").encode())
             if missing_before:
                 report.did("created the development marketplace tables")
         missing = published_tables_missing(conn, settings.tables)
@@ -186,7 +186,8 @@ def setup(settings: ConsumerSettings, *, dev_schema: bool = False) -> SetupRepor
             report.did(f"created checkpoint for slot {settings.slot}")
         conn.commit()
         conn.autocommit = True  # a slot cannot be created in a transaction that wrote
-        if not slot_exists(conn, settings.slot):
+        created_slot = not slot_exists(conn, settings.slot)
+        if created_slot:
             try:
                 row = conn.execute(
                     "SELECT lsn FROM pg_create_logical_replication_slot(%s, 'pgoutput')",
@@ -204,4 +205,13 @@ def setup(settings: ConsumerSettings, *, dev_schema: bool = False) -> SetupRepor
                     "drop an unused slot with `wal-consumer slot drop`)"
                 ) from exc
             report.did(f"created logical replication slot {settings.slot} at {row and row[0]}")
+        if inserted or created_slot:
+            # A new slot or checkpoint starts together: what the slot skipped at creation was
+            # never ours, so the start-up check must not call it a gap.
+            conn.execute(
+                "UPDATE grails_workers.consumer_checkpoint c SET advanced_lsn ="
+                " greatest(c.advanced_lsn, s.confirmed_flush_lsn) FROM pg_replication_slots s"
+                " WHERE s.slot_name = c.slot_name AND c.slot_name = %s",
+                [settings.slot],
+            )
     return report

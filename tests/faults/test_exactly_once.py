@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -77,15 +77,18 @@ class Writer(threading.Thread):
                             " FROM generate_series(1, %s) g",
                             [name_id, str(BASE_PRICE), expires, inserts],
                         )
-                    for sql, n in (
-                        ("UPDATE listings SET price_wei = (price_wei::numeric + 1)::text", bumps),
-                        ("UPDATE listings SET updated_at = now()", touches),
-                    ):
-                        if n:
-                            conn.execute(
-                                sql + " WHERE id IN (SELECT id FROM listings"
-                                " ORDER BY random() LIMIT %s)", [n],
-                            )
+                    if bumps:
+                        conn.execute(
+                            "UPDATE listings SET price_wei = (price_wei::numeric + 1)::text"
+                            " WHERE id IN (SELECT id FROM listings ORDER BY random() LIMIT %s)",
+                            [bumps],
+                        )
+                    if touches:
+                        conn.execute(
+                            "UPDATE listings SET updated_at = now()"
+                            " WHERE id IN (SELECT id FROM listings ORDER BY random() LIMIT %s)",
+                            [touches],
+                        )
                 self.committed_changes += inserts + bumps + touches
             except psycopg.OperationalError:
                 self.failures += 1

@@ -157,7 +157,7 @@ def test_unroutable_change_is_dead_lettered_and_stream_goes_on(
     replayed = [j for j in jobs(conn) if j["args"]["event_key"] == letters[0]["event_key"]]
     assert sorted(j["task_name"] for j in replayed) == ["notify-watchers", "sync-ens-data"]
     again = cli(env, "dead-letters", "replay", "--all", "--set", "expires_at=")
-    assert "dead letter %d: replayed" % letters[1]["id"] in again.stdout
+    assert f"dead letter {letters[1]['id']}: replayed" in again.stdout
     assert str(letters[0]["id"]) + ":" not in again.stdout
     assert json.loads(cli(env, "dead-letters", "list", "--json").stdout) == []
 
