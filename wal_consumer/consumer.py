@@ -41,6 +41,7 @@ from wal_consumer.protocol import (
     XLogData,
     decode_message,
     format_lsn,
+    parse_lsn,
     pg_time_to_datetime,
 )
 from wal_consumer.provision import tables_without_full_identity
@@ -97,7 +98,7 @@ class Consumer:
         attempt = 0
         while not self.stop.is_set():
             try:
-                self._session(on_streaming=lambda: None)
+                self._session()
                 attempt = 0
             except SlotBusyError as exc:
                 log.info("%s; waiting as a standby", exc)
@@ -120,7 +121,7 @@ class Consumer:
 
     # -- one session --------------------------------------------------------------------------
 
-    def _session(self, on_streaming: object) -> None:
+    def _session(self) -> None:
         s = self.settings
         with psycopg.connect(s.database_url, application_name="wal-consumer-writer") as conn:
             writer = BatchWriter(conn, s.slot)
@@ -165,8 +166,6 @@ class Consumer:
             )
         if active_pid is not None:
             raise SlotBusyError(f"slot {s.slot} is active for PID {active_pid}")
-        from wal_consumer.protocol import parse_lsn
-
         slot_confirmed = parse_lsn(confirmed_text) if confirmed_text else 0
         if slot_confirmed > committed.confirmed:
             metrics.SLOT_AHEAD.inc()
@@ -214,11 +213,13 @@ class _Session:
                 self._on_wal(frame)
             else:
                 self._on_keepalive(frame)
-            if (
-                self.batch.transactions
-                and (time.monotonic() - self.batch.started) * 1000 >= s.batch_max_delay_ms
-            ):
+            now = time.monotonic()
+            batch_age_ms = (now - self.batch.started) * 1000
+            if self.batch.transactions and batch_age_ms >= s.batch_max_delay_ms:
                 self._commit_batch()
+            elif now - self.stream.last_status_sent >= s.status_interval_s:
+                # a long backlog or a huge transaction never leaves the stream idle
+                self.stream.send_status(self.committed.confirmed)
 
     # -- frames ------------------------------------------------------------------------------
 

@@ -296,7 +296,6 @@ _COMMIT_LEN: Final = 26
 _KEEPALIVE_LEN: Final = 18
 _XLOGDATA_HEADER: Final = 25
 
-_T, _N, _U, _B = b"t"[0], b"n"[0], b"u"[0], b"b"[0]
 _NEW, _KEY, _OLD = b"N"[0], b"K"[0], b"O"[0]
 _REPLICA_IDENTITIES: Final = frozenset(b"dnfi")
 
@@ -365,7 +364,6 @@ def _tuple(buf: bytes, pos: int, n: int, kind: str) -> tuple[TupleData, int, boo
         )
     values: list[TupleValue] = [None] * ncols
     has_unchanged = False
-    col = 0
     try:
         for col in range(ncols):
             marker = buf[pos]
@@ -373,7 +371,7 @@ def _tuple(buf: bytes, pos: int, n: int, kind: str) -> tuple[TupleData, int, boo
                 start = pos + 5
                 pos = start + _u32_at(buf, pos + 1)[0]
                 if pos > n:
-                    raise _bad_length(buf, start, pos, n, kind, col)
+                    raise _bad_length(start, pos, n, kind, col)
                 values[col] = buf[start:pos]
             elif marker == 110:  # 'n': NULL (the list is pre-filled with None)
                 pos += 1
@@ -385,7 +383,7 @@ def _tuple(buf: bytes, pos: int, n: int, kind: str) -> tuple[TupleData, int, boo
                 start = pos + 5
                 pos = start + _u32_at(buf, pos + 1)[0]
                 if pos > n:
-                    raise _bad_length(buf, start, pos, n, kind, col)
+                    raise _bad_length(start, pos, n, kind, col)
                 values[col] = BinaryValue(buf[start:pos])
             else:
                 raise DecodeError(
@@ -399,7 +397,7 @@ def _tuple(buf: bytes, pos: int, n: int, kind: str) -> tuple[TupleData, int, boo
     return tuple(values), pos, has_unchanged
 
 
-def _bad_length(buf: bytes, start: int, end: int, n: int, kind: str, col: int) -> DecodeError:
+def _bad_length(start: int, end: int, n: int, kind: str, col: int) -> DecodeError:
     length = end - start
     if length >= 0x8000_0000:
         return DecodeError(

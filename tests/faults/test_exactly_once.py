@@ -159,6 +159,9 @@ def run_writer_with_faults(
                 consumer = ConsumerProcess(env, log).start()
             elif faults == 0:
                 assert pg_server.local is not None
+                # restart mid-stream: the consumer is streaming and the writer is under way
+                wait_until(lambda: "streaming slot" in consumer.output(), what="streaming")
+                wait_until(lambda: writer.committed_changes > 2000, what="writer progress")
                 pg_server.local.restart(mode=fault)
             faults += 1
             if fault != "sigkill" and faults >= 1 and not writer.is_alive():

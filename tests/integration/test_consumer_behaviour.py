@@ -175,7 +175,8 @@ def test_sigterm_finishes_the_batch_confirms_and_exits_zero(
         assert consumer.wait(30) == 0
     assert "shut down cleanly" in consumer.output()
     row = conn.execute(
-        "SELECT end_lsn::text FROM grails_workers.consumer_checkpoint WHERE slot_name = %s",
+        "SELECT greatest(end_lsn, advanced_lsn)::text FROM grails_workers.consumer_checkpoint"
+        " WHERE slot_name = %s",
         [ready_db.slot],
     ).fetchone()
     assert row is not None
