@@ -160,8 +160,7 @@ def run_writer_with_faults(
             elif faults == 0:
                 assert pg_server.local is not None
                 # restart mid-stream: the consumer is streaming and the writer is under way
-                streaming = consumer
-                wait_until(lambda: "streaming slot" in streaming.output(), what="streaming")
+                wait_until(lambda c=consumer: "streaming slot" in c.output(), what="streaming")
                 wait_until(lambda: writer.committed_changes > 2000, what="writer progress")
                 pg_server.local.restart(mode=fault)
             faults += 1
