@@ -51,6 +51,9 @@ from wal_consumer.stream import ReplicationStream
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.2  # longest a read blocks before the loop looks at the stop flag again
+CAUGHT_UP_EVERY_S = 1.0  # how often an idle consumer records that it has no lag
+LEADER_LOCK_CLASS = 0x6772  # advisory lock (class, hashtext(slot)): one streaming consumer a slot
+LOCK_WAIT = "1s"  # a standby's lock request is renewed this often so it can see SIGTERM
 
 
 @dataclass(slots=True)
@@ -100,9 +103,6 @@ class Consumer:
             try:
                 self._session()
                 attempt = 0
-            except SlotBusyError as exc:
-                log.info("%s; waiting as a standby", exc)
-                self.stop.wait(1.0)
             except Exception as exc:
                 if not is_connection_error(exc) or self.stop.is_set():
                     raise
@@ -124,11 +124,14 @@ class Consumer:
     def _session(self) -> None:
         s = self.settings
         with psycopg.connect(s.database_url, application_name="wal-consumer-writer") as conn:
+            if not self._lead(conn):
+                return
             writer = BatchWriter(conn, s.slot)
             committed = writer.load_checkpoint()
             self._startup_checks(conn, committed)
             stream = ReplicationStream(s.database_url, s.slot, s.publication, "wal-consumer")
-            stream.start(committed.confirmed)
+            if not self._start_stream(stream, committed):
+                return
             log.info(
                 "streaming slot %s from %s (checkpoint commit %s)", s.slot,
                 format_lsn(committed.confirmed), format_lsn(committed.commit_lsn),
@@ -137,6 +140,62 @@ class Consumer:
                 _Session(self, stream, writer, committed).loop()
             finally:
                 stream.close()
+
+    def _lead(self, conn: psycopg.Connection) -> bool:
+        """Hold the slot's advisory lock on the writer connection, waiting as a hot standby.
+
+        The lock lives on the connection that commits jobs and checkpoints, so a consumer that
+        lost its connection (and with it the lock) can commit nothing more: at most one
+        consumer writes for a slot. The wait is a lock request on the server, renewed every
+        LOCK_WAIT, so a standby takes over as soon as the holder's session ends.
+        """
+        slot = self.settings.slot
+        announced = False
+        while not self.stop.is_set():
+            try:
+                conn.execute(f"SET LOCAL lock_timeout = '{LOCK_WAIT}'")
+                conn.execute("SELECT pg_advisory_lock(%s, hashtext(%s))",
+                             [LEADER_LOCK_CLASS, slot])
+                conn.commit()
+            except psycopg.errors.LockNotAvailable:
+                conn.rollback()
+                if not announced:
+                    announced = True
+                    log.info("standby: slot %s is streamed by another wal-consumer (%s); "
+                             "waiting to take over", slot, self._lock_holder(conn))
+                continue
+            if announced:
+                log.info("taking over slot %s", slot)
+            return True
+        return False
+
+    def _lock_holder(self, conn: psycopg.Connection) -> str:
+        row = conn.execute(
+            "SELECT l.pid, a.application_name, a.client_addr FROM pg_locks l"
+            " LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory'"
+            " AND l.classid = %s AND l.objid = hashtext(%s)::oid AND l.granted",
+            [LEADER_LOCK_CLASS, self.settings.slot],
+        ).fetchone()
+        conn.rollback()
+        if row is None:
+            return "holder unknown"
+        return f"backend PID {row[0]}, {row[1] or 'no application name'}, from {row[2] or 'local'}"
+
+    def _start_stream(self, stream: ReplicationStream, committed: Checkpoint) -> bool:
+        """START_REPLICATION; while the previous holder's walsender lingers, retry briefly."""
+        next_warning = 0.0
+        while not self.stop.is_set():
+            try:
+                stream.start(committed.confirmed)
+                return True
+            except SlotBusyError as exc:
+                now = time.monotonic()
+                if now >= next_warning:
+                    next_warning = now + 30
+                    log.warning("%s (not a wal-consumer holding our lock, or one just exiting);"
+                                " retrying", exc)
+                self.stop.wait(0.1)
+        return False
 
     def _startup_checks(self, conn: psycopg.Connection, committed: Checkpoint) -> None:
         s = self.settings
@@ -164,8 +223,7 @@ class Consumer:
                 f"replication slot {s.slot} is lost (WAL it needed was removed): drop and "
                 "recreate it (`wal-consumer slot rebuild`), then backfill"
             )
-        if active_pid is not None:
-            raise SlotBusyError(f"slot {s.slot} is active for PID {active_pid}")
+        del active_pid  # a lingering previous walsender is waited for in _start_stream
         slot_confirmed = parse_lsn(confirmed_text) if confirmed_text else 0
         if slot_confirmed > committed.confirmed:
             metrics.SLOT_AHEAD.inc()
@@ -195,6 +253,7 @@ class _Session:
         self.batch = Batch()
         self.db_has_partial = False
         self.last_advance = 0.0
+        self.last_caught_up = 0.0
 
     def loop(self) -> None:
         s = self.settings
@@ -227,7 +286,13 @@ class _Session:
         """Nothing more to read right now: commit what is finished, keep the server informed."""
         if self.batch.transactions:
             self._commit_batch()
-        if time.monotonic() - self.stream.last_status_sent >= self.settings.status_interval_s:
+        now = time.monotonic()
+        if self.txn is None and not self.db_has_partial and (
+            now - self.last_caught_up >= CAUGHT_UP_EVERY_S
+        ):
+            self.writer.record_caught_up()
+            self.last_caught_up = now
+        if now - self.stream.last_status_sent >= self.settings.status_interval_s:
             self.stream.send_status(self.committed.confirmed)
 
     def _on_keepalive(self, frame: PrimaryKeepalive) -> None:

@@ -134,8 +134,17 @@ class BatchWriter:
     def record_idle_advance(self, lsn: int) -> None:
         self.conn.execute(
             "UPDATE grails_workers.consumer_checkpoint SET advanced_lsn = %s::pg_lsn,"
-            " updated_at = now() WHERE slot_name = %s",
+            " caught_up_at = now(), updated_at = now() WHERE slot_name = %s",
             [format_lsn(lsn), self.slot_name],
+        )
+        self.conn.commit()
+
+    def record_caught_up(self) -> None:
+        """Nothing is in flight and the stream is drained: the consumer has no lag now."""
+        self.conn.execute(
+            "UPDATE grails_workers.consumer_checkpoint SET caught_up_at = now()"
+            " WHERE slot_name = %s",
+            [self.slot_name],
         )
         self.conn.commit()
 
