@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from pydantic import ValidationError
 
-from wal_consumer import deadletters, provision
+from wal_consumer import cli_ops, deadletters, provision
 from wal_consumer.consumer import Consumer
 from wal_consumer.errors import ConfigurationError, WalConsumerError
 from wal_consumer.settings import ConsumerSettings
@@ -44,7 +44,8 @@ def configure_logging(level: str) -> None:
 
 def cmd_setup(args: argparse.Namespace) -> int:
     settings = load_settings()
-    report = provision.setup(settings, dev_schema=args.dev_schema)
+    roles = (args.consumer_role, args.worker_role) if args.roles else None
+    report = provision.setup(settings, dev_schema=args.dev_schema, roles=roles)
     if report.actions:
         for action in report.actions:
             print(f"- {action}")
@@ -132,10 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("setup", help="prepare the database (idempotent)")
     p.add_argument("--dev-schema", action="store_true",
                    help="also create the development copy of the marketplace tables")
+    p.add_argument("--roles", action="store_true",
+                   help="also create least-privilege roles for the consumer and the workers")
+    p.add_argument("--consumer-role", default="grails_consumer")
+    p.add_argument("--worker-role", default="grails_worker")
     p.set_defaults(func=cmd_setup)
 
     p = sub.add_parser("run", help="stream changes into jobs until SIGINT/SIGTERM")
     p.set_defaults(func=cmd_run)
+
+    cli_ops.add_commands(sub)
 
     dl = sub.add_parser("dead-letters", help="changes that could not be routed")
     dl_sub = dl.add_subparsers(dest="dl_command", required=True)
@@ -166,8 +173,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigurationError:
         pass
     configure_logging(level)
-    func: Callable[[argparse.Namespace], int] = args.func
+    func: Callable[..., int] = args.func
     try:
+        if func.__module__ == cli_ops.__name__:
+            return func(args, load_settings)
         return func(args)
     except WalConsumerError as exc:
         print(f"wal-consumer: error: {exc}", file=sys.stderr)

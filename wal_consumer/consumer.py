@@ -44,7 +44,7 @@ from wal_consumer.protocol import (
     parse_lsn,
     pg_time_to_datetime,
 )
-from wal_consumer.provision import tables_without_full_identity
+from wal_consumer.provision import check_server, tables_without_full_identity
 from wal_consumer.routes import JobRequest, route
 from wal_consumer.settings import ConsumerSettings
 from wal_consumer.stream import ReplicationStream
@@ -54,6 +54,8 @@ POLL_SECONDS = 0.2  # longest a read blocks before the loop looks at the stop fl
 CAUGHT_UP_EVERY_S = 1.0  # how often an idle consumer records that it has no lag
 LEADER_LOCK_CLASS = 0x6772  # advisory lock (class, hashtext(slot)): one streaming consumer a slot
 LOCK_WAIT = "1s"  # a standby's lock request is renewed this often so it can see SIGTERM
+# a holder of our slot that is not a wal-consumer is an error after this long
+BUSY_SLOT_PATIENCE_S = 15.0
 
 
 @dataclass(slots=True)
@@ -126,6 +128,8 @@ class Consumer:
         with psycopg.connect(s.database_url, application_name="wal-consumer-writer") as conn:
             if not self._lead(conn):
                 return
+            check_server(conn)
+            conn.rollback()
             writer = BatchWriter(conn, s.slot)
             committed = writer.load_checkpoint()
             self._startup_checks(conn, committed)
@@ -183,17 +187,19 @@ class Consumer:
 
     def _start_stream(self, stream: ReplicationStream, committed: Checkpoint) -> bool:
         """START_REPLICATION; while the previous holder's walsender lingers, retry briefly."""
-        next_warning = 0.0
+        give_up = time.monotonic() + BUSY_SLOT_PATIENCE_S
         while not self.stop.is_set():
             try:
                 stream.start(committed.confirmed)
                 return True
             except SlotBusyError as exc:
-                now = time.monotonic()
-                if now >= next_warning:
-                    next_warning = now + 30
-                    log.warning("%s (not a wal-consumer holding our lock, or one just exiting);"
-                                " retrying", exc)
+                # We hold the lock, so the holder is a consumer that is just exiting, or a
+                # client that is not a wal-consumer at all.
+                if time.monotonic() >= give_up:
+                    raise SlotBusyError(
+                        f"{exc}, and that process is not a wal-consumer: stop it, e.g. SELECT "
+                        "pg_terminate_backend(<pid>), or give this consumer its own WAL_SLOT"
+                    ) from exc
                 self.stop.wait(0.1)
         return False
 

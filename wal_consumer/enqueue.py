@@ -71,11 +71,16 @@ class BatchWriter:
         self.jobs_written = 0
 
     def load_checkpoint(self) -> Checkpoint:
-        row = self.conn.execute(
-            "SELECT commit_lsn::text, end_lsn::text, advanced_lsn::text"
-            " FROM grails_workers.consumer_checkpoint WHERE slot_name = %s",
-            [self.slot_name],
-        ).fetchone()
+        try:
+            row = self.conn.execute(
+                "SELECT commit_lsn::text, end_lsn::text, advanced_lsn::text"
+                " FROM grails_workers.consumer_checkpoint WHERE slot_name = %s",
+                [self.slot_name],
+            ).fetchone()
+        except psycopg.errors.UndefinedTable:
+            raise SetupMissingError(
+                "the consumer's tables do not exist in this database: run `wal-consumer setup`"
+            ) from None
         self.conn.rollback()
         if row is None:
             raise SetupMissingError(

@@ -22,7 +22,8 @@ from wal_consumer.errors import (
     ServerNotReadyError,
     SetupMissingError,
 )
-from wal_consumer.settings import ConsumerSettings
+from wal_consumer.roles import create_roles
+from wal_consumer.settings import ConsumerSettings, split_table
 
 log = logging.getLogger(__name__)
 SETUP_LOCK_KEY = 0x6772_6169_6C73  # "grails": serialises concurrent `setup` runs
@@ -35,11 +36,6 @@ class SetupReport:
     def did(self, action: str) -> None:
         log.info("setup: %s", action)
         self.actions.append(action)
-
-
-def split_table(qualified: str) -> tuple[str, str]:
-    schema, _, table = qualified.rpartition(".")
-    return schema or "public", table
 
 
 def check_server(conn: psycopg.Connection) -> None:
@@ -150,7 +146,11 @@ def _sync_publication(
         )
 
 
-def setup(settings: ConsumerSettings, *, dev_schema: bool = False) -> SetupReport:
+def setup(
+    settings: ConsumerSettings, *, dev_schema: bool = False,
+    roles: tuple[str, str] | None = None,
+) -> SetupReport:
+    """Prepare the database; ``roles`` = (consumer role, worker role) to create them too."""
     report = SetupReport()
     with psycopg.connect(settings.database_url) as conn:
         check_server(conn)
@@ -177,6 +177,8 @@ def setup(settings: ConsumerSettings, *, dev_schema: bool = False) -> SetupRepor
             )
             report.did(f"set REPLICA IDENTITY FULL on {table}")
         _sync_publication(conn, settings, report)
+        if roles is not None:
+            create_roles(conn, settings.tables, roles[0], roles[1], report.did)
         inserted = conn.execute(
             "INSERT INTO grails_workers.consumer_checkpoint (slot_name) VALUES (%s)"
             " ON CONFLICT DO NOTHING RETURNING 1",

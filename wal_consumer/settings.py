@@ -13,6 +13,12 @@ _TABLE = re.compile(r"^([a-z_][a-z0-9_]{0,62}\.)?[a-z_][a-z0-9_]{0,62}$")
 DEFAULT_TABLES = ("public.listings", "public.offers", "public.ens_names")
 
 
+def split_table(qualified: str) -> tuple[str, str]:
+    """'public.listings' -> ('public', 'listings')."""
+    schema, _, table = qualified.rpartition(".")
+    return schema or "public", table
+
+
 class ConsumerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="WAL_", extra="ignore")
 

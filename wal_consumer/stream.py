@@ -15,7 +15,12 @@ import time
 import psycopg
 from psycopg import pq
 
-from wal_consumer.errors import SlotBusyError, SlotLostError
+from wal_consumer.errors import (
+    PermissionMissingError,
+    ServerNotReadyError,
+    SlotBusyError,
+    SlotLostError,
+)
 from wal_consumer.protocol import (
     PrimaryKeepalive,
     XLogData,
@@ -37,6 +42,27 @@ class StreamClosed(psycopg.OperationalError):
     """The server ended the replication stream."""
 
 
+def classify_connect_error(exc: psycopg.OperationalError) -> Exception:
+    """Turn the server's refusals a person must fix into errors that say how."""
+    message = str(exc)
+    if "replication role" in message or "permission denied to start WAL sender" in message:
+        return PermissionMissingError(
+            "the role in DATABASE_URL may not stream changes: grant it the REPLICATION "
+            "attribute (ALTER ROLE <role> REPLICATION) or use the role `wal-consumer setup "
+            f"--roles` creates. Server said: {message.strip()}"
+        )
+    if "max_wal_senders" in message:
+        return ServerNotReadyError(
+            "no free WAL sender: raise max_wal_senders in postgresql.conf and restart "
+            f"PostgreSQL (or stop another replication client). Server said: {message.strip()}"
+        )
+    if "wal_level" in message:
+        return ServerNotReadyError(
+            f"set wal_level = logical and restart PostgreSQL. Server said: {message.strip()}"
+        )
+    return exc
+
+
 class ReplicationStream:
     def __init__(self, dsn: str, slot: str, publication: str, application_name: str):
         self.dsn = dsn
@@ -48,10 +74,13 @@ class ReplicationStream:
         self.written_lsn = 0
 
     def start(self, start_lsn: int) -> None:
-        conn = psycopg.connect(
-            self.dsn, replication="database", autocommit=True,
-            application_name=self.application_name, options=SESSION_OPTIONS,
-        )
+        try:
+            conn = psycopg.connect(
+                self.dsn, replication="database", autocommit=True,
+                application_name=self.application_name, options=SESSION_OPTIONS,
+            )
+        except psycopg.OperationalError as exc:
+            raise classify_connect_error(exc) from exc
         try:
             conn.execute(
                 f"START_REPLICATION SLOT {self.slot} LOGICAL {format_lsn(start_lsn)}"

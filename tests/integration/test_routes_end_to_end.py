@@ -21,13 +21,21 @@ from marketplace import (
 from support import wait_until
 
 from wal_consumer.consumer import Consumer
+from wal_consumer.provision import setup
 from wal_consumer.settings import ConsumerSettings
 
 
-@pytest.fixture
-def consumer(ready_db: ConsumerSettings) -> Iterator[Consumer]:
+@pytest.fixture(params=["superuser", "grails_consumer"])
+def consumer(ready_db: ConsumerSettings, request: pytest.FixtureRequest) -> Iterator[Consumer]:
+    """The consumer as the test server's superuser, and as the least-privileged role."""
+    settings = ready_db
+    if request.param != "superuser":
+        setup(ready_db, roles=(request.param, "grails_worker"))
+        settings = ready_db.model_copy(update={
+            "database_url": ready_db.database_url.replace("postgres@", f"{request.param}@", 1)
+        })
     stop = threading.Event()
-    consumer = Consumer(ready_db, stop)
+    consumer = Consumer(settings, stop)
     errors: list[BaseException] = []
 
     def run() -> None:
@@ -205,8 +213,6 @@ def test_queue_tables_are_not_published(ready_db: ConsumerSettings,
 def test_routes_work_with_other_column_types(
     settings: ConsumerSettings, conn: psycopg.Connection, price_type: str, ts_type: str
 ) -> None:
-    from wal_consumer.provision import setup
-
     setup(settings, dev_schema=True)
     conn.execute(f"ALTER TABLE listings ALTER COLUMN price_wei TYPE {price_type}"
                  " USING price_wei::numeric")
