@@ -62,6 +62,9 @@ def cmd_status(args: argparse.Namespace, load: SettingsLoader) -> int:
 
     def human(r: dict[str, Any]) -> list[str]:
         lines = _slot_lines(r["slot"])
+        if r["server"].get("max_slot_wal_keep_size") in ("-1", "-1MB"):
+            lines.append("  note: max_slot_wal_keep_size is unlimited, so a stopped consumer's "
+                         "slot can fill the disk; consider a limit (and `check` in monitoring)")
         lines.append(f"dead letters: {r['dead_letters']} pending"
                      + (" (wal-consumer dead-letters list)" if r["dead_letters"] else ""))
         lines.append("queue:" if r["queue"] else "queue: empty")

@@ -61,7 +61,7 @@ BUSY_SLOT_PATIENCE_S = 15.0
 @dataclass(slots=True)
 class SourceTransaction:
     commit_lsn: int
-    commit_time: int
+    commit_time: datetime
     skip: bool
     ordinal: int = 0
     jobs: list[JobRequest] = field(default_factory=list)
@@ -324,7 +324,8 @@ class _Session:
             self._on_change(msg)
         elif isinstance(msg, Begin):
             self.txn = SourceTransaction(
-                msg.final_lsn, msg.commit_time, skip=msg.final_lsn <= self.committed.commit_lsn
+                msg.final_lsn, pg_time_to_datetime(msg.commit_time),
+                skip=msg.final_lsn <= self.committed.commit_lsn,
             )
         elif isinstance(msg, Commit):
             self._on_commit(msg)
@@ -383,7 +384,7 @@ class _Session:
             operation, new, old = "delete", None, msg.old
         change = Change(
             operation, info, new, old, txn.commit_lsn, txn.ordinal,
-            pg_time_to_datetime(txn.commit_time), self.consumer.naive_tz,
+            txn.commit_time, self.consumer.naive_tz,
         )
         self.batch.changes[(info.table, operation)] += 1
         try:

@@ -97,8 +97,16 @@ def failed_last_24h(conn: psycopg.Connection) -> list[dict[str, Any]]:
     )
 
 
+def server_settings(conn: psycopg.Connection) -> dict[str, Any]:
+    rows = _rows(conn, "SELECT name, setting, unit FROM pg_settings WHERE name = ANY(%s)",
+                 [["wal_level", "max_slot_wal_keep_size", "max_replication_slots",
+                   "max_wal_senders", "wal_sender_timeout"]])
+    return {r["name"]: r["setting"] + (r["unit"] or "") for r in rows}
+
+
 def status(conn: psycopg.Connection, slot: str) -> dict[str, Any]:
     return {
+        "server": server_settings(conn),
         "slot": slot_status(conn, slot),
         "dead_letters": dead_letter_count(conn),
         "queue": queue_depth(conn),
