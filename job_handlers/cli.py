@@ -1,33 +1,154 @@
-"""`job-handlers`: the handler worker's command line.
-
-The task handlers (expiry, ENS sync, ownership, notifications) are not built yet; until they
-are, every command says so plainly and exits non-zero instead of pretending to work.
-"""
+"""`job-handlers`: run the handler workers; inspect, retry and purge the dead-letter queue."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
 import sys
 from collections.abc import Sequence
 
-NOT_YET = (
-    "job-handlers: the handler workers are not built yet (tracked as issues 4-6); the "
-    "consumer's jobs wait in procrastinate_jobs until they are"
-)
+import psycopg
+from pydantic import ValidationError
+
+from job_handlers import dlq
+from job_handlers.app import build_app, handled_queues
+from job_handlers.failures import record_outcome
+from job_handlers.settings import WorkerSettings
+
+log = logging.getLogger("job_handlers")
+
+
+class ConfigurationError(Exception):
+    exit_code = 2
+
+
+def load_settings() -> WorkerSettings:
+    try:
+        return WorkerSettings()  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'/'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors())
+        raise ConfigurationError(
+            f"invalid configuration: {problems} (DATABASE_URL is required)") from None
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    if args.concurrency:
+        settings = settings.model_copy(update={"concurrency": args.concurrency})
+    app = build_app(settings)
+    queues = args.queue or handled_queues(app)
+    unknown = sorted(set(queues) - set(handled_queues(app)))
+    if unknown:
+        raise ConfigurationError(f"no handler here for queue(s) {', '.join(unknown)}; "
+                                 f"this worker handles {', '.join(handled_queues(app))}")
+    log.info("worker for queues %s, concurrency %d", ", ".join(queues), settings.concurrency)
+
+    async def run() -> None:
+        async with app.open_async():
+            await app.run_worker_async(
+                queues=queues,
+                concurrency=settings.concurrency,
+                fetch_job_polling_interval=settings.poll_interval_s,
+                shutdown_graceful_timeout=settings.shutdown_timeout_s,
+                update_heartbeat_interval=settings.heartbeat_s,
+                stalled_worker_timeout=settings.stalled_after_s,
+                install_signal_handlers=True,
+                worker_middleware=[record_outcome],
+            )
+
+    asyncio.run(run())
+    log.info("worker stopped")
+    return 0
+
+
+def cmd_dlq_list(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    with psycopg.connect(settings.database_url) as conn:
+        rows = dlq.list_failed(conn, args.task, args.limit)
+    if args.json:
+        print(json.dumps(rows, default=str, indent=2))
+    elif not rows:
+        print("dead-letter queue is empty")
+    else:
+        for r in rows:
+            print(f"job {r['id']}  {r['task_name']}  attempts {r['attempts']}  "
+                  f"failed {r['failed_at']}  args {json.dumps(r['args'])}\n"
+                  f"    {r['error_type']}: {r['error']}")
+    return 0
+
+
+def cmd_dlq_retry(args: argparse.Namespace) -> int:
+    if not args.ids and not args.all:
+        raise ConfigurationError("say which failed jobs to retry: their ids, or --all")
+    settings = load_settings()
+    with psycopg.connect(settings.database_url) as conn:
+        retried = dlq.retry(conn, args.ids or None)
+    print(f"retried {len(retried)} job(s)" + (f": {', '.join(map(str, retried))}"
+                                              if retried else ""))
+    return 0 if retried or args.all else 1
+
+
+def cmd_dlq_purge(args: argparse.Namespace) -> int:
+    if not args.ids and not args.all and args.older_than_hours is None:
+        raise ConfigurationError("say which failed jobs to purge: ids, --all or "
+                                 "--older-than-hours")
+    settings = load_settings()
+    with psycopg.connect(settings.database_url) as conn:
+        purged = dlq.purge(conn, args.ids or None, args.older_than_hours)
+    print(f"purged {purged} failed job(s)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="job-handlers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    worker = sub.add_parser("worker", help="run the handlers (not built yet)")
-    worker.add_argument("--queue", action="append", default=[])
+    p = sub.add_parser("worker", help="run the handlers until SIGINT/SIGTERM")
+    p.add_argument("--queue", action="append", default=[],
+                   help="only this queue (repeatable); default: every queue with a handler")
+    p.add_argument("--concurrency", type=int, help="jobs at once (default JOB_CONCURRENCY)")
+    p.set_defaults(func=cmd_worker)
+
+    d = sub.add_parser("dlq", help="the dead-letter queue (failed jobs)").add_subparsers(
+        dest="dlq_command", required=True)
+    p = d.add_parser("list", help="failed jobs with their last error")
+    p.add_argument("--task")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dlq_list)
+    p = d.add_parser("retry", help="run failed jobs again, now")
+    p.add_argument("ids", nargs="*", type=int)
+    p.add_argument("--all", action="store_true")
+    p.set_defaults(func=cmd_dlq_retry)
+    p = d.add_parser("purge", help="delete failed jobs")
+    p.add_argument("ids", nargs="*", type=int)
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--older-than-hours", type=float)
+    p.set_defaults(func=cmd_dlq_purge)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    print(NOT_YET, file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    level = "INFO"
+    try:
+        level = load_settings().log_level
+    except ConfigurationError:
+        pass
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result: int = args.func(args)
+        return result
+    except ConfigurationError as exc:
+        print(f"job-handlers: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except psycopg.OperationalError as exc:
+        print(f"job-handlers: cannot reach the database: {exc}", file=sys.stderr)
+        return 8
 
 
 if __name__ == "__main__":

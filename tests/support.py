@@ -113,16 +113,18 @@ def wait_until(
 
 @dataclass
 class ConsumerProcess:
-    """`wal-consumer run` in a subprocess, so tests can SIGTERM or SIGKILL it."""
+    """A daemon in a subprocess (`wal-consumer run` by default), so tests can SIGTERM or
+    SIGKILL it."""
 
     env: dict[str, str]
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    command: tuple[str, ...] = ("wal_consumer", "run")
 
     def start(self) -> ConsumerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "wal_consumer", "run"], env=self.env, stdout=log,
+            [sys.executable, "-m", *self.command], env=self.env, stdout=log,
             stderr=subprocess.STDOUT, cwd=ROOT,
         )
         return self
@@ -155,8 +157,10 @@ class ConsumerProcess:
 
 
 @contextlib.contextmanager
-def running_consumer(env: dict[str, str], log_path: Path) -> Iterator[ConsumerProcess]:
-    consumer = ConsumerProcess(env, log_path).start()
+def running_consumer(env: dict[str, str], log_path: Path,
+                     command: tuple[str, ...] = ("wal_consumer", "run"),
+                     ) -> Iterator[ConsumerProcess]:
+    consumer = ConsumerProcess(env, log_path, command=command).start()
     try:
         yield consumer
     finally:
@@ -165,7 +169,10 @@ def running_consumer(env: dict[str, str], log_path: Path) -> Iterator[ConsumerPr
             consumer.proc.wait(10)
 
 
+WORKER = ("job_handlers", "worker")
+
+
 def consumer_env(dsn: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WAL_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAL_", "JOB_"))}
     env.update({"DATABASE_URL": dsn, "PYTHONUNBUFFERED": "1", **extra})
     return env

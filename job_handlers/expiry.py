@@ -1,0 +1,114 @@
+"""Expiry: `expire-orders` marks one order expired at its time; `batch-expire-orders` is the
+safety net that expires whatever a missed job left behind.
+
+Both write with guarded statements (`status = 'active' AND expires_at <= now()`), so a job that
+runs early, twice, or after the order was sold, cancelled or given a later expiry changes
+nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any, Literal
+
+from procrastinate import App, JobContext
+from procrastinate.retry import BaseRetryStrategy
+from psycopg import sql
+from pydantic import BaseModel, ConfigDict
+
+from job_handlers import db, metrics
+from job_handlers.errors import PermanentJobError
+from job_handlers.settings import WorkerSettings
+from job_handlers.tasknames import BATCH_EXPIRE_ORDERS, EXPIRE_ORDERS, EXPIRY_QUEUE
+
+log = logging.getLogger(__name__)
+
+ORDERS: dict[str, tuple[str, str]] = {  # type -> (table, status that can expire)
+    "listing": ("listings", "active"),
+    "offer": ("offers", "pending"),
+}
+
+
+class ExpireArgs(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["listing", "offer"]
+    id: int
+    expires_at: datetime | None = None
+    event_key: str | None = None
+
+
+async def _set_expired(conn: Any, table: str) -> sql.Composable:
+    updated_at = (sql.SQL(", updated_at = now()") if await db.has_column(conn, table, "updated_at")
+                  else sql.SQL(""))
+    return sql.SQL("SET status = 'expired'{}").format(updated_at)
+
+
+async def expire_one(app: App, args: ExpireArgs) -> str:
+    table, live_status = ORDERS[args.type]
+    async with db.pool(app).connection() as conn:
+        query = sql.SQL(
+            "UPDATE {table} {set} WHERE id = %s AND status = %s AND expires_at <= now()"
+            " RETURNING extract(epoch FROM clock_timestamp() - expires_at)::float8"
+        ).format(table=sql.Identifier(table), set=await _set_expired(conn, table))
+        cur = await conn.execute(query, [args.id, live_status])
+        row = await cur.fetchone()
+        if row is not None:
+            metrics.EXPIRY_LATENESS.labels(args.type).observe(max(0.0, row[0]))
+            log.info("expired %s %d (%.2f s after expires_at)", args.type, args.id, row[0])
+            return "expired"
+        cur = await conn.execute(
+            sql.SQL("SELECT status, expires_at <= now() FROM {} WHERE id = %s").format(
+                sql.Identifier(table)), [args.id])
+        current = await cur.fetchone()
+    if current is None:
+        raise PermanentJobError(f"{EXPIRE_ORDERS}: {args.type} {args.id} does not exist")
+    status, due = current
+    reason = f"status is {status!r}" if status != live_status else (
+        "expires_at has not passed (it moved later, or no expiry)" if not due else "raced")
+    log.info("%s %d not expired: %s", args.type, args.id, reason)
+    return "unchanged"
+
+
+async def expire_overdue(app: App, settings: WorkerSettings) -> dict[str, int]:
+    """Expire every order overdue by more than the grace period, a chunk per transaction."""
+    caught: dict[str, int] = {}
+    async with db.pool(app).connection() as conn:
+        await conn.set_autocommit(True)
+        for kind, (table, live_status) in ORDERS.items():
+            query = sql.SQL(
+                "WITH due AS (SELECT id FROM {table} WHERE status = %(status)s"
+                " AND expires_at <= now() - make_interval(secs => %(grace)s)"
+                " ORDER BY expires_at LIMIT %(chunk)s FOR UPDATE SKIP LOCKED)"
+                " UPDATE {table} t {set} FROM due WHERE t.id = due.id RETURNING t.id"
+            ).format(table=sql.Identifier(table), set=await _set_expired(conn, table))
+            total, sample = 0, list[int]()
+            while True:
+                cur = await conn.execute(query, {"status": live_status, "chunk":
+                                                 settings.expire_chunk,
+                                                 "grace": settings.expire_grace_s})
+                ids = [r[0] for r in await cur.fetchall()]
+                total += len(ids)
+                sample.extend(ids[: 10 - len(sample)])
+                if len(ids) < settings.expire_chunk:
+                    break
+            caught[kind] = total
+            if total:
+                metrics.BATCH_NET_CATCHES.labels(kind).inc(total)
+                log.warning(
+                    "safety net expired %d %s(s) overdue by more than %.0f s: their scheduled "
+                    "expire-orders jobs were missed (ids %s%s)", total, kind,
+                    settings.expire_grace_s, sample, "..." if total > len(sample) else "")
+    return caught
+
+
+def register(app: App, settings: WorkerSettings, retry: BaseRetryStrategy) -> None:
+    @app.task(name=EXPIRE_ORDERS, queue=EXPIRY_QUEUE, retry=retry, pass_context=True)
+    async def expire_orders(context: JobContext, /, **kwargs: Any) -> str:
+        return await expire_one(context.app, ExpireArgs.model_validate(kwargs))
+
+    @app.periodic(cron=settings.batch_expire_cron)
+    @app.task(name=BATCH_EXPIRE_ORDERS, queue=EXPIRY_QUEUE, retry=retry, pass_context=True)
+    async def batch_expire_orders(context: JobContext, timestamp: int) -> dict[str, int]:
+        del timestamp  # the net works on "overdue now", never on the tick it was given
+        return await expire_overdue(context.app, settings)
