@@ -11,6 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -93,6 +97,13 @@ def _steps(ids: dict[str, int]) -> list[tuple[str, int, Step]]:
             NEW_OWNER)),
         ("API: touch a listing (no job)", 0, update(
             "UPDATE listings SET updated_at = now() WHERE id = %s", "listing2")),
+        ("indexer: register bob.eth", 0, insert(
+            "INSERT INTO ens_names (name, owner_address) VALUES ('bob.eth', %s)", [BUYER],
+            "name2")),
+        ("API: list bob.eth, expiring in 3 s", 3, lambda c: insert(
+            "INSERT INTO listings (ens_name_id, seller_address, price_wei, expires_at)"
+            " VALUES (%s, %s, '900000000000000000', (now() at time zone 'UTC')"
+            " + interval '3 s')", [ids["name2"], BUYER], "short")(c)),
     ]
 
 
@@ -107,6 +118,52 @@ def _print_jobs(conn: psycopg.Connection) -> None:
         when = scheduled_at.strftime("%Y-%m-%d %H:%M:%S") if scheduled_at else "now"
         print(f"{job_id:>3}  {task:<17} {queue:<14} {priority:>4}  {when:<20} "
               f"{json.dumps(args, separators=(',', ':'))}")
+
+
+def _run_handlers(url: str, ids: dict[str, int], stack: ExitStack) -> None:
+    """Start `job-handlers worker` and show what it does with the queued jobs."""
+    env = {**os.environ, "DATABASE_URL": url, "JOB_POLL_INTERVAL_S": "0.2"}
+    log = stack.enter_context(tempfile.TemporaryFile())
+    worker = subprocess.Popen([sys.executable, "-m", "job_handlers", "worker"], env=env,
+                              stdout=log, stderr=subprocess.STDOUT)
+
+    def stop_worker() -> None:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(30)
+
+    stack.callback(stop_worker)
+    print("\nstarted job-handlers worker (queues expiry, ownership, maintenance)")
+    with psycopg.connect(url, autocommit=True) as conn:
+        def status(listing: str) -> str:
+            row = conn.execute("SELECT status FROM listings WHERE id = %s",
+                               [ids[listing]]).fetchone()
+            return str(row[0]) if row else "missing"
+
+        deadline = time.monotonic() + 30
+        while (status("listing2"), status("short")) != ("cancelled", "expired"):
+            if time.monotonic() > deadline or worker.poll() is not None:
+                log.seek(0)
+                raise RuntimeError("demo: the worker did not finish in 30 s:\n"
+                                   + log.read().decode(errors="replace")[-2000:])
+            time.sleep(0.05)
+        late = conn.execute(
+            "SELECT extract(epoch FROM updated_at - expires_at) FROM listings WHERE id = %s",
+            [ids["short"]]).fetchone()
+        print("  update-ownership: alice.eth's relisting cancelled (seller is not the new "
+              "owner); send-notification queued for the seller")
+        print(f"  expire-orders:    bob.eth's listing expired "
+              f"{float(late[0]) if late else 0:.2f} s after its expires_at")
+        rows = conn.execute(
+            "SELECT j.task_name, j.status::text, count(*),"
+            " round(avg(extract(epoch FROM s.at - st.at)) * 1000, 1)"
+            " FROM procrastinate_jobs j"
+            " LEFT JOIN procrastinate_events st ON st.job_id = j.id AND st.type = 'started'"
+            " LEFT JOIN procrastinate_events s ON s.job_id = j.id AND s.type = 'succeeded'"
+            " GROUP BY 1, 2 ORDER BY 1, 2").fetchall()
+        print("\njobs by task and status (avg run time of succeeded jobs):")
+        for task, job_status, count, avg_ms in rows:
+            run = f"{avg_ms} ms" if avg_ms is not None else "-"
+            print(f"  {task:<20} {job_status:<10} {count:>3}  {run}")
 
 
 def run_demo(keep_running: bool = False) -> int:
@@ -145,11 +202,14 @@ def run_demo(keep_running: bool = False) -> int:
                 latency = _wait_for(conn, expected, transactions)
                 print(f"  {title:<36} {new_jobs} job(s)  {latency * 1000:7.1f} ms")
             _print_jobs(conn)
+        _run_handlers(url, ids, stack)
+        print("\nnot yet handled: notify-watchers, send-notification and sync-ens-data wait for "
+              "their handlers (issues 5 and 6)")
         if keep_running:
             print(f"\nconsumer still running on {url}; Ctrl-C to stop")
             try:
                 stop.wait()
             except KeyboardInterrupt:
                 pass
-    print("\ndemo finished: consumer stopped cleanly")
+    print("\ndemo finished: worker and consumer stopped cleanly")
     return 0
