@@ -111,6 +111,19 @@ def wait_until(
                          + (f" (last error: {last_exc})" if last_exc else ""))
 
 
+def wait_caught_up(conn: psycopg.Connection, slot: str, timeout: float = 30) -> None:
+    """Wait until the consumer's checkpoint covers everything committed so far."""
+    target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
+    assert target is not None
+    wait_until(
+        lambda: conn.execute(
+            "SELECT greatest(end_lsn, advanced_lsn) >= %s FROM grails_workers.consumer_checkpoint"
+            " WHERE slot_name = %s", [target[0], slot],
+        ).fetchone() == (True,),
+        timeout=timeout, what="the consumer's checkpoint to pass the last write",
+    )
+
+
 @dataclass
 class ConsumerProcess:
     """A daemon in a subprocess (`wal-consumer run` by default), so tests can SIGTERM or

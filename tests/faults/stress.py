@@ -111,17 +111,3 @@ def verify_exactly_once(dsn: str) -> dict[str, int]:
     assert set(new_listing) == {lid for lid, _ in listings}
     return {"listings": len(listings), "price_changes": sum(price_change.values()),
             "jobs": len(jobs)}
-
-
-def wait_caught_up(dsn: str, slot: str, timeout: float = 120) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
-        assert target is not None
-        wait_until(
-            lambda: conn.execute(
-                "SELECT greatest(end_lsn, advanced_lsn) >= %s FROM"
-                " grails_workers.consumer_checkpoint WHERE slot_name = %s",
-                [target[0], slot],
-            ).fetchone() == (True,),
-            timeout=timeout, interval=0.2, what="consumer to catch up with the writer",
-        )

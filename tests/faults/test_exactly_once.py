@@ -15,9 +15,10 @@ import signal
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
-from stress import Writer, verify_exactly_once, wait_caught_up
-from support import ConsumerProcess, Server, consumer_env, wait_until
+from stress import Writer, verify_exactly_once
+from support import ConsumerProcess, Server, consumer_env, wait_caught_up, wait_until
 
 from wal_consumer.settings import ConsumerSettings
 
@@ -53,7 +54,8 @@ def run_writer_with_faults(
         writer.join(300)
         assert writer.error is None, writer.error
         assert writer.committed_changes >= TARGET_CHANGES
-        wait_caught_up(ready_db.database_url, ready_db.slot)
+        with psycopg.connect(ready_db.database_url, autocommit=True) as conn:
+            wait_caught_up(conn, ready_db.slot, timeout=120)
         assert consumer.stop() == 0, consumer.output()[-3000:]
     finally:
         if consumer.proc and consumer.proc.poll() is None:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
-from stress import Writer, verify_exactly_once, wait_caught_up
-from support import ConsumerProcess, consumer_env, wait_until
+from stress import Writer, verify_exactly_once
+from support import ConsumerProcess, consumer_env, wait_caught_up, wait_until
 
 from wal_consumer.settings import ConsumerSettings
 
@@ -39,7 +40,8 @@ def test_standby_takes_over_within_5s_without_losing_or_doubling(
         assert "taking over slot" in standby.output()
         writer.join(300)
         assert writer.error is None, writer.error
-        wait_caught_up(ready_db.database_url, ready_db.slot)
+        with psycopg.connect(ready_db.database_url, autocommit=True) as conn:
+            wait_caught_up(conn, ready_db.slot, timeout=120)
         assert standby.stop() == 0
     finally:
         for process in (active, standby):

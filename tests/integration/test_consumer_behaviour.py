@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psycopg
 from marketplace import add_listing, add_name, job_count, jobs
-from support import ROOT, consumer_env, running_consumer, wait_until
+from support import ROOT, consumer_env, running_consumer, wait_caught_up, wait_until
 
 from wal_consumer.protocol import parse_lsn
 from wal_consumer.provision import setup
@@ -32,18 +32,6 @@ def slot_confirmed(conn: psycopg.Connection, slot: str) -> int:
     ).fetchone()
     assert row is not None
     return parse_lsn(row[0])
-
-
-def checkpoint_passes(conn: psycopg.Connection, slot: str) -> None:
-    target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
-    assert target is not None
-    wait_until(
-        lambda: conn.execute(
-            "SELECT greatest(end_lsn, advanced_lsn) >= %s FROM grails_workers.consumer_checkpoint"
-            " WHERE slot_name = %s", [target[0], slot],
-        ).fetchone() == (True,),
-        timeout=30, what="checkpoint to pass the last write",
-    )
 
 
 def test_idle_slot_advances_while_only_unpublished_tables_change(
@@ -136,7 +124,7 @@ def test_unroutable_change_is_dead_lettered_and_stream_goes_on(
         bad_price = add_listing(conn, name_id, "12abc")
         bad_expiry = add_listing(conn, name_id, "1", expires_at="infinity")
         add_listing(conn, name_id, "7")
-        checkpoint_passes(conn, ready_db.slot)
+        wait_caught_up(conn, ready_db.slot)
     assert [j["args"]["listing_id"] for j in jobs(conn, "notify-watchers")] == [bad_price + 2]
     listed = cli(env, "dead-letters", "list", "--json")
     assert listed.returncode == 0, listed.stderr
@@ -183,5 +171,5 @@ def test_sigterm_finishes_the_batch_confirms_and_exits_zero(
     assert slot_confirmed(conn, ready_db.slot) == parse_lsn(row[0])
     committed_jobs = job_count(conn)
     with running_consumer(env, tmp_path / "c2.log"):
-        checkpoint_passes(conn, ready_db.slot)
+        wait_caught_up(conn, ready_db.slot)
     assert job_count(conn) == 100 and committed_jobs <= 100

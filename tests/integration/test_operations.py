@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 from marketplace import add_listing, add_name, job_count
-from support import ROOT, consumer_env, running_consumer, wait_until
+from support import ROOT, consumer_env, running_consumer, wait_caught_up, wait_until
 
 from wal_consumer.provision import setup
 from wal_consumer.settings import ConsumerSettings
@@ -30,15 +30,6 @@ def status_json(env: dict[str, str]) -> dict[str, Any]:
     return json.loads(result.stdout)  # type: ignore[no-any-return]
 
 
-def caught_up(conn: psycopg.Connection, slot: str) -> None:
-    target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
-    assert target is not None
-    wait_until(lambda: conn.execute(
-        "SELECT greatest(end_lsn, advanced_lsn) >= %s FROM grails_workers.consumer_checkpoint"
-        " WHERE slot_name = %s", [target[0], slot]).fetchone() == (True,),
-        timeout=60, what="consumer to catch up")
-
-
 def test_status_lag_grows_while_stopped_and_shrinks_after_catch_up(
     ready_db: ConsumerSettings, conn: psycopg.Connection, tmp_path: Path
 ) -> None:
@@ -46,7 +37,7 @@ def test_status_lag_grows_while_stopped_and_shrinks_after_catch_up(
     name_id = add_name(conn, "lag.eth")
     with running_consumer(env, tmp_path / "a.log") as consumer:
         add_listing(conn, name_id)
-        caught_up(conn, ready_db.slot)
+        wait_caught_up(conn, ready_db.slot, timeout=60)
         assert consumer.stop() == 0
     before = status_json(env)["slot"]
     conn.execute(
@@ -59,7 +50,7 @@ def test_status_lag_grows_while_stopped_and_shrinks_after_catch_up(
     assert slot["lag_seconds"] > before["lag_seconds"]
     assert slot["active"] is False and slot["wal_status"] == "reserved"
     with running_consumer(env, tmp_path / "b.log"):
-        caught_up(conn, ready_db.slot)
+        wait_caught_up(conn, ready_db.slot, timeout=60)
         after = wait_until(lambda: (s := status_json(env)["slot"])["lag_bytes"] < 100_000
                            and s["retained_bytes"] < slot["retained_bytes"] and s,
                            timeout=30, what="lag to shrink")

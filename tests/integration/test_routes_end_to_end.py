@@ -18,7 +18,7 @@ from marketplace import (
     job_count,
     jobs,
 )
-from support import wait_until
+from support import wait_caught_up, wait_until
 
 from wal_consumer.consumer import Consumer
 from wal_consumer.provision import setup
@@ -51,21 +51,6 @@ def consumer(ready_db: ConsumerSettings, request: pytest.FixtureRequest) -> Iter
     thread.join(30)
     assert not thread.is_alive(), "consumer did not stop within 30 s"
     assert not errors, errors
-
-
-def settle(conn: psycopg.Connection, settings: ConsumerSettings) -> None:
-    """Wait until the consumer has checkpointed everything committed so far."""
-    target = conn.execute("SELECT pg_current_wal_lsn()").fetchone()
-    assert target is not None
-    conn.execute("SELECT pg_logical_emit_message(true, 'test', 'settle')")
-    wait_until(
-        lambda: conn.execute(
-            "SELECT greatest(end_lsn, advanced_lsn) >= %s FROM"
-            " grails_workers.consumer_checkpoint WHERE slot_name = %s",
-            [target[0], settings.slot],
-        ).fetchone() == (True,),
-        timeout=20, what="consumer checkpoint to pass the last write",
-    )
 
 
 def test_listing_insert_makes_notify_sync_and_expiry(
@@ -102,7 +87,7 @@ def test_listing_without_expiry_and_inactive_listing(
     name_id = add_name(conn, "bob.eth")
     add_listing(conn, name_id, status="draft")
     add_listing(conn, name_id, expires_at=None)
-    settle(conn, ready_db)
+    wait_caught_up(conn, ready_db.slot)
     assert sorted(j["task_name"] for j in jobs(conn)) == ["notify-watchers", "sync-ens-data"]
 
 
@@ -112,19 +97,19 @@ def test_listing_updates(
     name_id = add_name(conn, "carol.eth")
     expires = datetime(2030, 5, 5, 12, 0, 0)
     listing_id = add_listing(conn, name_id, "1000", expires_at=expires)
-    settle(conn, ready_db)
+    wait_caught_up(conn, ready_db.slot)
     baseline = job_count(conn)
     # no route reads these columns / values did not change
     conn.execute("UPDATE listings SET updated_at = now(), order_data = '{\"x\": 1}' WHERE id = %s",
                  [listing_id])
     conn.execute("UPDATE listings SET price_wei = '1000' WHERE id = %s", [listing_id])
-    settle(conn, ready_db)
+    wait_caught_up(conn, ready_db.slot)
     assert job_count(conn) == baseline
     conn.execute("UPDATE listings SET price_wei = '2500' WHERE id = %s", [listing_id])
     new_expiry = expires + timedelta(days=3)
     conn.execute("UPDATE listings SET expires_at = %s WHERE id = %s", [new_expiry, listing_id])
     conn.execute("UPDATE listings SET status = 'sold' WHERE id = %s", [listing_id])
-    settle(conn, ready_db)
+    wait_caught_up(conn, ready_db.slot)
     new = jobs(conn)[baseline:]
     assert [(j["task_name"], j["args"].get("event")) for j in new] == [
         ("notify-watchers", "price-change"),
@@ -138,11 +123,11 @@ def test_listing_updates(
     assert new[2]["args"]["price_wei"] == "2500"
     # a sold listing changing again makes nothing; neither does cancel
     other = add_listing(conn, name_id, "7")
-    settle(conn, ready_db)
+    wait_caught_up(conn, ready_db.slot)
     before = job_count(conn)
     conn.execute("UPDATE listings SET price_wei = '9' WHERE id = %s", [listing_id])
     conn.execute("UPDATE listings SET status = 'cancelled' WHERE id = %s", [other])
-    settle(conn, ready_db)
+    wait_caught_up(conn, ready_db.slot)
     assert job_count(conn) == before
 
 
@@ -151,7 +136,7 @@ def test_offers(consumer: Consumer, conn: psycopg.Connection, ready_db: Consumer
     expires = datetime(2029, 1, 1)
     offer_id = add_offer(conn, name_id, "42", expires_at=expires)
     add_offer(conn, name_id, status="accepted")
-    settle(conn, ready_db)
+    wait_caught_up(conn, ready_db.slot)
     found = jobs(conn)
     assert [(j["task_name"], j["args"].get("event")) for j in found] == [
         ("notify-watchers", "new-offer"), ("expire-orders", None)
@@ -164,7 +149,7 @@ def test_offers(consumer: Consumer, conn: psycopg.Connection, ready_db: Consumer
     conn.execute("UPDATE offers SET expires_at = %s WHERE id = %s", [later, offer_id])
     conn.execute("UPDATE offers SET offer_amount_wei = '43' WHERE id = %s", [offer_id])
     conn.execute("UPDATE offers SET status = 'accepted' WHERE id = %s", [offer_id])
-    settle(conn, ready_db)
+    wait_caught_up(conn, ready_db.slot)
     new = jobs(conn)[2:]
     assert [j["task_name"] for j in new] == ["expire-orders"]
     assert new[0]["scheduled_at"] == later.replace(tzinfo=UTC)
@@ -177,7 +162,7 @@ def test_owner_change(consumer: Consumer, conn: psycopg.Connection,
                  [name_id])  # case only: no change
     conn.execute("UPDATE ens_names SET metadata = '{\"avatar\": \"x\"}' WHERE id = %s", [name_id])
     conn.execute("UPDATE ens_names SET owner_address = %s WHERE id = %s", [NEW_OWNER, name_id])
-    settle(conn, ready_db)
+    wait_caught_up(conn, ready_db.slot)
     found = jobs(conn)
     assert len(found) == 1
     assert found[0]["task_name"] == "update-ownership"
@@ -196,7 +181,7 @@ def test_changes_outside_the_table_make_nothing(
     conn.execute("INSERT INTO watchlist (user_id, ens_name_id) SELECT id, %s FROM users",
                  [name_id])
     conn.execute("DELETE FROM ens_names WHERE id = %s", [name_id])
-    settle(conn, ready_db)
+    wait_caught_up(conn, ready_db.slot)
     assert job_count(conn) == 0
 
 
@@ -228,7 +213,7 @@ def test_routes_work_with_other_column_types(
         conn.execute("UPDATE listings SET price_wei = price_wei WHERE id = %s", [listing_id])
         conn.execute("UPDATE listings SET price_wei = %s WHERE id = %s",
                      [Decimal("2000000000000000000000"), listing_id])
-        settle(conn, settings)
+        wait_caught_up(conn, settings.slot)
     finally:
         stop.set()
         thread.join(30)
