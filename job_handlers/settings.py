@@ -38,4 +38,7 @@ class WorkerSettings(BaseSettings):
     batch_expire_cron: str = Field("* * * * *", description="when the expiry safety net runs")
     expire_grace_s: float = Field(
         30.0, ge=0, description="the safety net leaves orders this recently due to their jobs")
+    expire_batch: int = Field(
+        500, ge=0, description="due expire-orders jobs one job claims and runs with it "
+        "(0: one job per fetch, as stock procrastinate)")
     retention_cron: str = Field("17 * * * *", description="when old jobs are deleted")

@@ -271,3 +271,43 @@ def test_sigterm_stops_the_worker_cleanly(ready_db: ConsumerSettings, tmp_path: 
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
     assert "worker stopped" in worker.output()
+
+
+def test_due_expiry_jobs_are_claimed_in_batches_and_a_poisoned_one_fails_alone(
+    ready_db: ConsumerSettings, conn: psycopg.Connection, tmp_path: Path
+) -> None:
+    name_id = add_name(conn, "batch.eth")
+    overdue = utcnow() - timedelta(seconds=5)
+    conn.execute(
+        "INSERT INTO listings (ens_name_id, seller_address, price_wei, expires_at)"
+        " SELECT %s, '0xs', '1', %s FROM generate_series(1, 300)", [name_id, overdue])
+    listing_ids = [r[0] for r in conn.execute("SELECT id FROM listings ORDER BY id")]
+    poisoned = listing_ids[10]
+    conn.execute("CREATE FUNCTION freeze_row() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+                 " RAISE EXCEPTION 'listing % is frozen by the test', NEW.id; END $$")
+    conn.execute(f"CREATE TRIGGER freeze_row BEFORE UPDATE ON listings FOR EACH ROW"
+                 f" WHEN (OLD.id = {poisoned}) EXECUTE FUNCTION freeze_row()")
+    defer(ready_db.database_url,
+          *[JobRequest(EXPIRE_ORDERS, {"type": "listing", "id": i}) for i in listing_ids],
+          JobRequest(EXPIRE_ORDERS, {"type": "listing", "id": 10**9}),
+          JobRequest(EXPIRE_ORDERS, {"type": "listing", "id": "x"}))
+    env = consumer_env(ready_db.database_url, **FAST, JOB_EXPIRE_BATCH="50")
+    with running_consumer(env, tmp_path / "w.log", WORKER) as worker:
+        wait_until(lambda: "todo" not in job_status(conn, EXPIRE_ORDERS)
+                   and "doing" not in job_status(conn, EXPIRE_ORDERS), timeout=60,
+                   what="every job to finish")
+    statuses = dict(conn.execute(
+        "SELECT args->>'id', status::text FROM procrastinate_jobs WHERE task_name = %s",
+        [EXPIRE_ORDERS]).fetchall())
+    assert statuses.pop(str(poisoned)) == "failed"
+    assert statuses.pop(str(10**9)) == "failed" and statuses.pop("x") == "failed"
+    assert set(statuses.values()) == {"succeeded"}
+    assert {r[0] for r in conn.execute("SELECT status FROM listings WHERE id <> %s",
+                                       [poisoned])} == {"expired"}
+    events = conn.execute(
+        "SELECT count(*) FILTER (WHERE e.type = 'started'),"
+        " count(*) FILTER (WHERE e.type = 'succeeded') FROM procrastinate_events e"
+        " JOIN procrastinate_jobs j ON j.id = e.job_id WHERE j.status = 'succeeded'"
+        " AND j.task_name = %s", [EXPIRE_ORDERS]).fetchone()
+    assert events == (299, 299)  # each job started and succeeded once, batched or not
+    assert "due sibling job(s)" in worker.output()
