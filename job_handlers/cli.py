@@ -6,10 +6,13 @@ import argparse
 import asyncio
 import json
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 import psycopg
+from procrastinate.worker import Worker
 from pydantic import ValidationError
 
 from job_handlers import dlq
@@ -47,18 +50,41 @@ def cmd_worker(args: argparse.Namespace) -> int:
                                  f"this worker handles {', '.join(handled_queues(app))}")
     log.info("worker for queues %s, concurrency %d", ", ".join(queues), settings.concurrency)
 
+    stop_requested = threading.Event()
+
+    def request_stop(signum: int, _frame: object = None) -> None:
+        log.info("received %s: finishing running jobs (at most %.0f s)",
+                 signal.Signals(signum).name, settings.shutdown_timeout_s)
+        stop_requested.set()
+
+    # Signals are ours from the first instant: one that arrives while the worker starts is
+    # not lost, and one during the run stops procrastinate's worker gracefully.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, request_stop)
+
     async def run() -> None:
         async with app.open_async():
-            await app.run_worker_async(
+            worker = Worker(
+                app,
                 queues=queues,
                 concurrency=settings.concurrency,
                 fetch_job_polling_interval=settings.poll_interval_s,
                 shutdown_graceful_timeout=settings.shutdown_timeout_s,
                 update_heartbeat_interval=settings.heartbeat_s,
                 stalled_worker_timeout=settings.stalled_after_s,
-                install_signal_handlers=True,
+                install_signal_handlers=False,
                 worker_middleware=[record_outcome],
             )
+            def stop_worker(signum: int) -> None:
+                request_stop(signum)
+                worker.stop()  # type: ignore[no-untyped-call]
+
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop_worker, sig)
+            if stop_requested.is_set():
+                return
+            await worker.run()  # type: ignore[no-untyped-call]
 
     asyncio.run(run())
     log.info("worker stopped")

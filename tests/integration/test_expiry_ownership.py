@@ -266,8 +266,13 @@ def test_retention_removes_old_finished_jobs(
 
 def test_sigterm_stops_the_worker_cleanly(ready_db: ConsumerSettings, tmp_path: Path) -> None:
     env = consumer_env(ready_db.database_url, **FAST)
+    early = ConsumerProcess(env, tmp_path / "early.log", command=WORKER).start()
+    wait_until(lambda: "worker for queues" in early.output(), what="worker starting")
+    early.signal(signal.SIGTERM)  # before procrastinate's worker runs: still a clean exit
+    assert early.wait(30) == 0, early.output()
+
     worker = ConsumerProcess(env, tmp_path / "w.log", command=WORKER).start()
-    wait_until(lambda: "worker for queues" in worker.output(), what="worker started")
+    wait_until(lambda: "Starting worker on" in worker.output(), what="worker started")
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0
     assert "worker stopped" in worker.output()
