@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench-consumer
+.PHONY: demo test lint bench-consumer bench-expiry
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,3 +25,6 @@ lint: $(STAMP)
 
 bench-consumer: $(STAMP)
 	$(PY) bench/consumer.py
+
+bench-expiry: $(STAMP)
+	$(PY) bench/expiry.py
