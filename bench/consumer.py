@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import math
 import os
 import platform
 import shutil
@@ -46,21 +45,28 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from benchlib import (
+    BenchError,
+    Figure,
+    percentile,
+    print_summary,
+    scratch_database,
+    server,
+    start_py_spy,
+)
+from benchlib import wait_for as _wait_for
 from procrastinate.jobs import Job
-from psycopg import sql
 from psycopg.rows import dict_row
 
 from wal_consumer import sqlfiles
 from wal_consumer.enqueue import procrastinate_app
-from wal_consumer.localpg import LocalPostgres, LocalPostgresError, find_bindir
+from wal_consumer.localpg import LocalPostgresError, find_bindir
 from wal_consumer.protocol import format_lsn, parse_lsn
 from wal_consumer.provision import setup
 from wal_consumer.settings import ConsumerSettings
@@ -70,6 +76,7 @@ PUBLICATION = "grails_workers"
 SELLER = "0xabcdef0000000000000000000000000000000001"
 ENS_NAMES = 1000
 CHECK_INTERVAL_S = 0.005  # how often the checkpoint is polled while a backlog drains
+wait_for = functools.partial(_wait_for, interval=CHECK_INTERVAL_S)
 JOBS_PER_INSERT = 3  # notify-watchers, sync-ens-data, expire-orders
 JOBS_PER_PRICE_UPDATE = 1  # notify-watchers
 # Settings that decide what the consumer streams: the benchmark sets them, the environment can't.
@@ -97,22 +104,6 @@ POLL_NOTIFY_JOBS = (
 )
 
 
-class BenchError(RuntimeError):
-    """The benchmark could not run to the end."""
-
-
-@dataclass
-class Figure:
-    """One line of the summary table."""
-
-    part: str
-    measured: str
-    reference: str
-    ratio: float | None
-    aim: str
-    met: bool
-
-
 @dataclass
 class Bench:
     dsn: str
@@ -122,39 +113,6 @@ class Bench:
 
 
 # -- server and scratch database ----------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def server() -> Iterator[tuple[str, str]]:
-    """(admin DSN, description): $DATABASE_URL's server, else a throwaway local cluster."""
-    url = os.environ.get("DATABASE_URL")
-    if url:
-        yield url, "server at $DATABASE_URL"
-        return
-    cluster = LocalPostgres.create()
-    try:
-        cluster.start()
-        yield cluster.dsn(), f"throwaway LocalPostgres cluster in {cluster.basedir}"
-    finally:
-        cluster.destroy()
-
-
-def with_dbname(dsn: str, dbname: str) -> str:
-    return urlunsplit(urlsplit(dsn)._replace(path=f"/{dbname}"))
-
-
-@contextlib.contextmanager
-def scratch_database(admin_dsn: str) -> Iterator[str]:
-    name = f"grails_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_dbname(admin_dsn, name)
-    finally:
-        with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            drop_slots(conn, name)
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                sql.Identifier(name)))
 
 
 def drop_slots(conn: psycopg.Connection, dbname: str | None = None, *names: str) -> None:
@@ -184,19 +142,6 @@ def checkpoint_server(dsn: str) -> None:
 
 
 # -- waiting ------------------------------------------------------------------------------------
-
-
-def wait_for(
-    predicate: Callable[[], object], *, timeout: float, what: str,
-    interval: float = CHECK_INTERVAL_S,
-) -> float:
-    """Poll until ``predicate`` is truthy; return the monotonic time it first was."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-    return time.monotonic()
 
 
 def checkpoint_passed(conn: psycopg.Connection, slot: str, target: int) -> bool:
@@ -281,16 +226,6 @@ class ConsumerProcess:
         with contextlib.suppress(OSError):
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         return ""
-
-
-def start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
-    """Sample the consumer until it exits, as collapsed stacks with line numbers."""
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    return subprocess.Popen(
-        [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
-         "--nonblocking", "--output", str(output)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
 
 
 @contextlib.contextmanager
@@ -587,11 +522,6 @@ def poller(dsn: str, interval: float, run: LatencyRun) -> None:
         run.error = exc
 
 
-def percentile(ordered: Sequence[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending sequence."""
-    return ordered[max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))]
-
-
 def measure_latency(bench: Bench) -> LatencyRun:
     a, run = bench.args, LatencyRun()
     threads = [
@@ -657,19 +587,6 @@ def print_header(bench: Bench, where: str) -> None:
     print(f"grails-workers consumer benchmark: PostgreSQL {row[0] if row else '?'} ({where}); "
           f"Python {platform.python_version()}; {os.cpu_count()} CPUs")
     print(f"consumer settings: defaults{''.join(f', {k}={v}' for k, v in tuning.items())}")
-
-
-def print_summary(figures: Sequence[Figure]) -> None:
-    header = ("part", "measured", "reference (same run)", "ratio", "aim", "")
-    rows = [
-        (f.part, f.measured, f.reference, "-" if f.ratio is None else f"{f.ratio:.1%}", f.aim,
-         "met" if f.met else "MISSED")
-        for f in figures
-    ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    print("\n== summary")
-    for r in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -1,0 +1,122 @@
+"""What every benchmark here shares: the server and a scratch database, waiting, percentiles,
+py-spy sampling, and the summary table."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+
+from wal_consumer.localpg import LocalPostgres
+
+
+class BenchError(RuntimeError):
+    """The benchmark could not run to the end."""
+
+
+@dataclass
+class Figure:
+    """One line of the summary table (``met`` None: no aim to meet)."""
+
+    part: str
+    measured: str
+    reference: str
+    ratio: float | None
+    aim: str
+    met: bool | None
+
+
+@contextlib.contextmanager
+def server() -> Iterator[tuple[str, str]]:
+    """(admin DSN, description): $DATABASE_URL's server, else a throwaway local cluster."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        yield url, "server at $DATABASE_URL"
+        return
+    cluster = LocalPostgres.create()
+    try:
+        cluster.start()
+        yield cluster.dsn(), f"throwaway LocalPostgres cluster in {cluster.basedir}"
+    finally:
+        cluster.destroy()
+
+
+def with_dbname(dsn: str, dbname: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path=f"/{dbname}"))
+
+
+@contextlib.contextmanager
+def scratch_database(admin_dsn: str) -> Iterator[str]:
+    """A new database on the server, dropped (with its replication slots) at the end."""
+    name = f"grails_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield with_dbname(admin_dsn, name)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots"
+                                        " WHERE database = %s", [name]).fetchall():
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_terminate_backend(active_pid) FROM"
+                                 " pg_replication_slots WHERE slot_name = %s"
+                                 " AND active_pid IS NOT NULL", [slot])
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(name)))
+
+
+def wait_for(
+    predicate: Callable[[], object], *, timeout: float, what: str, interval: float = 0.05,
+) -> float:
+    """Poll until ``predicate`` is truthy; return the monotonic time it first was."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+    return time.monotonic()
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of an ascending sequence."""
+    return ordered[max(0, min(len(ordered) - 1, math.ceil(p / 100 * len(ordered)) - 1))]
+
+
+def start_py_spy(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    """Sample a process until it exits, as collapsed stacks with line numbers."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    return subprocess.Popen(
+        [py_spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
+         "--nonblocking", "--output", str(output)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def ratio_text(ratio: float) -> str:
+    return f"{ratio:.1%}" if ratio < 2 else f"{ratio:.1f}x"
+
+
+def print_summary(figures: Sequence[Figure]) -> None:
+    header = ("part", "measured", "reference (same run)", "ratio", "aim", "")
+    rows = [
+        (f.part, f.measured, f.reference, "-" if f.ratio is None else ratio_text(f.ratio), f.aim,
+         "-" if f.met is None else "met" if f.met else "MISSED")
+        for f in figures
+    ]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    print("\n== summary")
+    for r in [header, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
