@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+import croniter
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -23,7 +24,8 @@ class WorkerSettings(BaseSettings):
     heartbeat_s: float = Field(10.0, gt=0, description="worker heartbeat period")
     stalled_after_s: float = Field(
         30.0, gt=0, description="a job whose worker has not beaten for this long is rescued")
-    rescue_cron: str = Field("*/10 * * * * *", description="when to look for stalled jobs")
+    rescue_cron: str = Field(
+        "* * * * * */10", description="when to look for stalled jobs (a sixth field is seconds)")
     keep_succeeded_hours: int = Field(24 * 7, ge=1, description="succeeded jobs kept this long")
     keep_failed_hours: int = Field(24 * 30, ge=1, description="failed jobs kept this long")
     shutdown_timeout_s: float = Field(
@@ -42,3 +44,11 @@ class WorkerSettings(BaseSettings):
         500, ge=0, description="due expire-orders jobs one job claims and runs with it "
         "(0: one job per fetch, as stock procrastinate)")
     retention_cron: str = Field("17 * * * *", description="when old jobs are deleted")
+
+    @field_validator("rescue_cron", "batch_expire_cron", "retention_cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if not croniter.croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression (5 fields, or 6 with seconds "
+                             "last, e.g. '* * * * * */10' for every 10 s)")
+        return value

@@ -225,8 +225,9 @@ def test_job_of_a_killed_worker_is_rescued_and_completed(
         with running_consumer(env, tmp_path / "w2.log", WORKER) as second:
             wait_until(lambda: row(conn, "listings", listing)[0] == "expired", timeout=60,
                        what="rescued job to complete")
+            wait_until(lambda: job_status(conn, EXPIRE_ORDERS) == ["succeeded"], timeout=10,
+                       what="the rescued job to be marked succeeded")
             assert datetime.now(UTC) - killed_at < timedelta(seconds=60)
-            assert job_status(conn, EXPIRE_ORDERS) == ["succeeded"]
             assert "rescuing job" in second.output()
     finally:
         blocker.close()
