@@ -299,9 +299,8 @@ def test_due_expiry_jobs_are_claimed_in_batches_and_a_poisoned_one_fails_alone(
           JobRequest(EXPIRE_ORDERS, {"type": "listing", "id": "x"}))
     env = consumer_env(ready_db.database_url, **FAST, JOB_EXPIRE_BATCH="50")
     with running_consumer(env, tmp_path / "w.log", WORKER) as worker:
-        wait_until(lambda: "todo" not in job_status(conn, EXPIRE_ORDERS)
-                   and "doing" not in job_status(conn, EXPIRE_ORDERS), timeout=60,
-                   what="every job to finish")
+        wait_until(lambda: not {"todo", "doing"} & set(job_status(conn, EXPIRE_ORDERS)),
+                   timeout=60, what="every job to finish")
     statuses = dict(conn.execute(
         "SELECT args->>'id', status::text FROM procrastinate_jobs WHERE task_name = %s",
         [EXPIRE_ORDERS]).fetchall())
