@@ -401,12 +401,7 @@ class _Session:
         """Write part of a large source transaction inside an open database transaction."""
         if self.batch.transactions:
             self._commit_batch()
-        self.writer.write_jobs(txn.jobs)
-        self.writer.write_dead_letters(txn.dead)
-        self.batch.jobs_in_db += len(txn.jobs)
-        self._count_jobs(txn.jobs)
-        txn.jobs.clear()
-        txn.dead.clear()
+        self._write(txn.jobs, txn.dead)
         self.db_has_partial = True
 
     def _on_commit(self, msg: Commit) -> None:
@@ -429,37 +424,33 @@ class _Session:
         batch.dead.extend(txn.dead)
         self.db_has_partial = False
         if len(batch.jobs) >= self.settings.write_chunk_jobs:
-            self._write_pending()
+            self._write(batch.jobs, batch.dead)
         if batch.jobs_in_db >= self.settings.batch_max_jobs:
             self._commit_batch()
 
     # -- writing ------------------------------------------------------------------------------
 
-    def _write_pending(self) -> None:
-        batch = self.batch
-        self.writer.write_jobs(batch.jobs)
-        self.writer.write_dead_letters(batch.dead)
-        batch.jobs_in_db += len(batch.jobs)
-        self._count_jobs(batch.jobs)
-        batch.jobs.clear()
-        batch.dead.clear()
-
-    def _count_jobs(self, jobs: list[JobRequest]) -> None:
+    def _write(self, jobs: list[JobRequest], dead: list[DeadLetter]) -> None:
+        """Write buffered jobs and dead letters into the open transaction, then empty them."""
+        self.writer.write_jobs(jobs)
+        self.writer.write_dead_letters(dead)
+        self.batch.jobs_in_db += len(jobs)
         for task, n in Counter(j.task_name for j in jobs).items():
             metrics.JOBS.labels(task).inc(n)
+        metrics.DEAD_LETTERS.inc(len(dead))
+        jobs.clear()
+        dead.clear()
 
     def _commit_batch(self) -> None:
         batch = self.batch
         if not batch.transactions or batch.last is None:
             return
         started = time.monotonic()
-        dead = len(batch.dead)
-        self._write_pending()
+        self._write(batch.jobs, batch.dead)
         self.writer.commit(batch.last, batch.transactions, batch.last_commit_time)
         self.committed = batch.last
         metrics.BATCH_COMMIT_SECONDS.observe(time.monotonic() - started)
         metrics.TRANSACTIONS.inc(batch.transactions)
-        metrics.DEAD_LETTERS.inc(dead)
         for (table, operation), n in batch.changes.items():
             metrics.CHANGES.labels(table, operation).inc(n)
         metrics.CONFIRMED_LSN.set(self.committed.confirmed)
