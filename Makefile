@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench-consumer bench-expiry
+.PHONY: demo test lint bench-consumer bench-expiry bench-ens-sync
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,10 +12,16 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# anvil (a local EVM for the ENS tests and benchmark) and solc-js, from npm
+NODE_STAMP := node_modules/.installed-stamp
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+demo: $(STAMP) $(NODE_STAMP)
 	$(VENV)/bin/wal-consumer demo
 
-test: $(STAMP)
+test: $(STAMP) $(NODE_STAMP)
 	$(PY) -m pytest
 	$(MAKE) lint
 
@@ -28,3 +34,6 @@ bench-consumer: $(STAMP)
 
 bench-expiry: $(STAMP)
 	$(PY) bench/expiry.py
+
+bench-ens-sync: $(STAMP) $(NODE_STAMP)
+	$(PY) bench/ens_sync.py

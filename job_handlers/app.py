@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from procrastinate import App, PsycopgConnector
 
-from job_handlers import expiry, maintenance, ownership
+from job_handlers import ens_tasks, expiry, maintenance, ownership
+from job_handlers.notify import fanout, send
 from job_handlers.retry import BackoffRetry
 from job_handlers.settings import WorkerSettings
 
@@ -22,6 +23,10 @@ def build_app(settings: WorkerSettings) -> App:
     expiry.register(app, settings, retry)
     ownership.register(app, retry)
     maintenance.register(app, settings)
+    ens_tasks.register(app, settings, retry)
+    fanout.register(app, retry)
+    send.register(app, settings, BackoffRetry(settings.notify_retries,
+                                              settings.notify_retry_base_s, settings.retry_cap_s))
     return app
 
 

@@ -15,10 +15,12 @@ import psycopg
 from procrastinate.worker import Worker
 from pydantic import ValidationError
 
-from job_handlers import dlq
+from job_handlers import dlq, observe
 from job_handlers.app import build_app, handled_queues
 from job_handlers.failures import record_outcome
+from job_handlers.runner import WorkerRunner
 from job_handlers.settings import WorkerSettings
+from job_handlers.tasknames import NOTIFICATIONS_QUEUE
 
 log = logging.getLogger("job_handlers")
 
@@ -48,6 +50,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     if unknown:
         raise ConfigurationError(f"no handler here for queue(s) {', '.join(unknown)}; "
                                  f"this worker handles {', '.join(handled_queues(app))}")
+    if NOTIFICATIONS_QUEUE in queues and settings.unsubscribe_secret is None:
+        raise ConfigurationError(
+            "JOB_UNSUBSCRIBE_SECRET is not set: emails need signed unsubscribe links (set it, "
+            "the same value for every worker and `job-handlers web`, or leave the "
+            f"{NOTIFICATIONS_QUEUE} queue out with --queue)")
     log.info("worker for queues %s, concurrency %d", ", ".join(queues), settings.concurrency)
 
     stop_requested = threading.Event()
@@ -62,31 +69,44 @@ def cmd_worker(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
 
+    def new_worker() -> Worker:
+        return Worker(
+            app,
+            queues=queues,
+            concurrency=settings.concurrency,
+            fetch_job_polling_interval=settings.poll_interval_s,
+            shutdown_graceful_timeout=settings.shutdown_timeout_s,
+            update_heartbeat_interval=settings.heartbeat_s,
+            stalled_worker_timeout=settings.stalled_after_s,
+            install_signal_handlers=False,
+            worker_middleware=[record_outcome],
+        )
+
+    # a new Worker after a database outage (procrastinate stops its own on connection loss)
+    runner = WorkerRunner(new_worker, stop_requested)
+
     async def run() -> None:
         async with app.open_async():
-            worker = Worker(
-                app,
-                queues=queues,
-                concurrency=settings.concurrency,
-                fetch_job_polling_interval=settings.poll_interval_s,
-                shutdown_graceful_timeout=settings.shutdown_timeout_s,
-                update_heartbeat_interval=settings.heartbeat_s,
-                stalled_worker_timeout=settings.stalled_after_s,
-                install_signal_handlers=False,
-                worker_middleware=[record_outcome],
-            )
             def stop_worker(signum: int) -> None:
                 request_stop(signum)
-                worker.stop()  # type: ignore[no-untyped-call]
+                runner.stop()
 
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop_worker, sig)
             if stop_requested.is_set():
                 return
-            await worker.run()  # type: ignore[no-untyped-call]
+            await runner.run()
 
-    asyncio.run(run())
+    try:
+        ops = observe.start(settings, runner)  # /metrics, /healthz, /readyz
+    except observe.MetricsPortError as exc:
+        raise ConfigurationError(str(exc)) from exc
+    try:
+        asyncio.run(run())
+    finally:
+        if ops is not None:
+            ops.close()
     log.info("worker stopped")
     return 0
 
@@ -129,6 +149,64 @@ def cmd_dlq_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_web(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from job_handlers.web import create_app
+
+    settings = load_settings()
+    try:
+        app = create_app(settings)
+    except ValueError as exc:
+        raise ConfigurationError(str(exc)) from None
+    host = args.host or settings.web_host
+    port = settings.web_port if args.port is None else args.port
+    log.info("web service on http://%s:%d (unsubscribe, health)", host, port)
+    uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(),
+                proxy_headers=True, server_header=False)
+    return 0
+
+
+def cmd_sync_ens(args: argparse.Namespace) -> int:
+    """Sync the named names now, in this process (through the same rate limit and breaker)."""
+    from job_handlers import db, ens_sync
+    from job_handlers.chain.access import Chain
+    from job_handlers.errors import RetryableJobError
+
+    settings = load_settings()
+    if not settings.eth_rpc_url:
+        raise ConfigurationError("ETH_RPC_URL is not set: sync-ens needs an Ethereum JSON-RPC "
+                                 "endpoint")
+    app = build_app(settings)
+    chain = Chain(settings)
+
+    async def run() -> int:
+        failed = 0
+        async with app.open_async():
+            async with db.pool(app).connection() as conn:
+                ids = await ens_sync.names_to_ids(conn, args.names)
+            for name in args.names:
+                name_id = ids.get(name.lower())
+                if name_id is None:
+                    print(f"{name}: not in ens_names, nothing to sync")
+                    failed += 1
+                    continue
+                try:
+                    done = await ens_sync.sync_name(app, chain, ens_sync.SyncArgs(
+                        ens_name_id=name_id, reason="manual", event_key=f"manual:{name_id}"))
+                except RetryableJobError as exc:
+                    print(f"{name}: not synced: {exc}")
+                    failed += 1
+                    continue
+                detail = (f"resolver {done['resolver']}, {done['records']} record(s) set"
+                          if done["outcome"] == "synced" else done["detail"])
+                print(f"{name}: {done['outcome']} ({detail})")
+            await chain.client(app).close()
+        return 1 if failed else 0
+
+    return asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="job-handlers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -137,6 +215,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only this queue (repeatable); default: every queue with a handler")
     p.add_argument("--concurrency", type=int, help="jobs at once (default JOB_CONCURRENCY)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("web", help="serve the unsubscribe pages (JOB_WEB_HOST/JOB_WEB_PORT)")
+    p.add_argument("--host", help="listen address (default JOB_WEB_HOST)")
+    p.add_argument("--port", type=int, help="port (default JOB_WEB_PORT)")
+    p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser("sync-ens", help="sync these names' ENS data from the chain now")
+    p.add_argument("names", nargs="+", metavar="NAME", help="e.g. alice.eth")
+    p.set_defaults(func=cmd_sync_ens)
 
     d = sub.add_parser("dlq", help="the dead-letter queue (failed jobs)").add_subparsers(
         dest="dlq_command", required=True)

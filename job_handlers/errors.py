@@ -12,4 +12,9 @@ class PermanentJobError(JobHandlerError):
 
 
 class RetryableJobError(JobHandlerError):
-    """A transient condition (a provider down, a lock): retry with backoff."""
+    """A transient condition (a provider down, a lock): retry with backoff, and not before
+    `retry_after_s` when the condition says how long it lasts (Retry-After, an open breaker)."""
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

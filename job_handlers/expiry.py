@@ -109,7 +109,7 @@ async def _expire_due_siblings(conn: Any, job_id: int, batch: int) -> tuple[int,
             await conn.execute(
                 "SELECT procrastinate_finish_job_v1(id, 'succeeded', false)"
                 " FROM unnest(%s::bigint[]) AS id", [[row[0] for row in claimed]])
-        metrics.JOBS.labels(EXPIRE_ORDERS, "success").inc(len(claimed))
+        metrics.JOBS.labels(EXPIRE_ORDERS, "succeeded").inc(len(claimed))
         return len(claimed), expired
     except Exception:
         log.exception("claiming due expire-orders jobs with job %s failed; they stay queued",

@@ -7,12 +7,14 @@ procrastinate's retry decision.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from procrastinate import JobContext
+from procrastinate.exceptions import JobAborted
 
 from job_handlers import db, metrics
 from job_handlers.retry import NON_RETRYABLE
@@ -29,13 +31,25 @@ async def record_outcome(call_next: Callable[[], Awaitable[Any]], context: JobCo
     try:
         result = await call_next()
     except BaseException as exc:
-        metrics.JOBS.labels(job.task_name, "error").inc()
+        metrics.JOBS.labels(job.task_name, outcome(context, exc)).inc()
         await _record(context, exc)
         raise
     finally:
         metrics.JOB_SECONDS.labels(job.task_name).observe(time.monotonic() - started)
-    metrics.JOBS.labels(job.task_name, "success").inc()
+    metrics.JOBS.labels(job.task_name, "succeeded").inc()
     return result
+
+
+def outcome(context: JobContext, exc: BaseException) -> str:
+    """retried (the task's retry policy will run it again), failed (it goes to the DLQ), or
+    aborted (cancelled, e.g. by a shutdown)."""
+    if isinstance(exc, (asyncio.CancelledError, JobAborted)):
+        return "aborted"
+    try:
+        retry = context.task.get_retry_exception(exception=exc, job=context.job)
+    except Exception:  # an unknown task, a policy that fails: procrastinate fails the job
+        return "failed"
+    return "retried" if retry is not None else "failed"
 
 
 async def _record(context: JobContext, exc: BaseException) -> None:

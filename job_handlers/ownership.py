@@ -2,8 +2,9 @@
 
 `update-ownership` re-reads the name's owner under a row lock (a stale job whose new owner is
 no longer the owner does nothing), cancels the name's active listings whose seller is not the
-new owner, and defers one `send-notification` per affected seller on the same connection, all
-in one transaction. A second run finds nothing left to cancel and notifies no one.
+new owner, and defers `send-notification` jobs for the affected sellers on the same connection, all
+in one transaction (one job per channel of each seller who is a user with a usable channel
+and has not unsubscribed). A second run finds nothing left to cancel and notifies no one.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pydantic import BaseModel, ConfigDict
 
 from job_handlers import db, metrics
 from job_handlers.errors import PermanentJobError
-from job_handlers.tasknames import NOTIFICATIONS_QUEUE, OWNERSHIP_QUEUE, SEND_NOTIFICATION
+from job_handlers.notify import fanout, recipients
+from job_handlers.tasknames import OWNERSHIP_QUEUE
 from job_handlers.tasknames import UPDATE_OWNERSHIP as TASK_NAME
 
 log = logging.getLogger(__name__)
@@ -64,17 +66,16 @@ async def update_ownership(app: App, args: OwnershipArgs) -> dict[str, Any]:
         by_seller: dict[str, list[int]] = defaultdict(list)
         for listing_id, seller in await cur.fetchall():
             by_seller[seller.lower()].append(listing_id)
-        jobs: list[Job] = [
-            Job(id=None, queue=NOTIFICATIONS_QUEUE, lock=None, queueing_lock=None,
-                task_name=SEND_NOTIFICATION, priority=0, scheduled_at=None,
-                task_kwargs={
-                    "event": CANCELLED_EVENT, "recipient_address": seller,
-                    "ens_name_id": args.ens_name_id, "listing_ids": list[Any](sorted(ids)),
-                    "new_owner": (args.new_owner or "").lower() or None,
-                    "event_key": f"{args.event_key or 'ownership'}:{seller}",
-                })
-            for seller, ids in sorted(by_seller.items())
-        ]
+        jobs: list[Job] = []
+        for seller, ids in sorted(by_seller.items()):
+            person = await recipients.by_address(conn, seller)
+            for channel in person.channels if person else []:
+                assert person is not None
+                jobs.append(fanout.send_job(
+                    event=CANCELLED_EVENT, event_key=f"{args.event_key or 'ownership'}:{seller}",
+                    ens_name_id=args.ens_name_id, user_id=person.user_id, channel=channel,
+                    data={"recipient_address": seller, "listing_ids": sorted(ids),
+                          "new_owner": (args.new_owner or "").lower() or None}))
         if jobs:
             await app.job_manager.batch_defer_jobs_async(jobs, connection=conn)
     cancelled = sum(len(ids) for ids in by_seller.values())

@@ -2,9 +2,11 @@
 
 procrastinate's own RetryStrategy has no jitter and no cap; this one asks the exception first:
 a PermanentJobError (or invalid job arguments) fails the job at once, anything else retries
-until the attempts are spent. Delay before retry n (n = 1, 2, ...): a uniformly random value
-in [d/2, d] with d = min(cap, base * 2**(n-1)) — "equal jitter", so retries of many jobs that
-failed together spread out but never come sooner than half the nominal delay.
+until the attempts are spent, and never sooner than a RetryableJobError's `retry_after_s`
+(a provider's Retry-After, an open circuit breaker). Delay before retry n (n = 1, 2, ...):
+a uniformly random value in [d/2, d] with d = min(cap, base * 2**(n-1)) — "equal jitter", so
+retries of many jobs that failed together spread out but never come sooner than half the
+nominal delay.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from procrastinate.jobs import Job
 from procrastinate.retry import BaseRetryStrategy, RetryDecision
 from pydantic import ValidationError
 
-from job_handlers.errors import PermanentJobError
+from job_handlers.errors import PermanentJobError, RetryableJobError
 
+MAX_RETRY_AFTER_S = 24 * 3600.0  # a provider asking for more is not believed
 NON_RETRYABLE: tuple[type[BaseException], ...] = (PermanentJobError, ValidationError)
 
 
@@ -41,4 +44,7 @@ class BackoffRetry(BaseRetryStrategy):
         if attempts_done > self.retries:
             return None
         delay = self.delay(attempts_done)
+        retry_after = getattr(exception, "retry_after_s", None)
+        if isinstance(exception, RetryableJobError) and retry_after is not None:
+            delay = max(delay, min(float(retry_after), MAX_RETRY_AFTER_S))
         return RetryDecision(retry_at=datetime.now(UTC) + timedelta(seconds=delay))

@@ -185,7 +185,12 @@ def running_consumer(env: dict[str, str], log_path: Path,
 WORKER = ("job_handlers", "worker")
 
 
+TEST_UNSUBSCRIBE_SECRET = "test-unsubscribe-secret"
+
+
 def consumer_env(dsn: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("WAL_", "JOB_"))}
-    env.update({"DATABASE_URL": dsn, "PYTHONUNBUFFERED": "1", **extra})
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("WAL_", "JOB_")) and k != "SMTP_URL"}
+    env.update({"DATABASE_URL": dsn, "PYTHONUNBUFFERED": "1",
+                "JOB_UNSUBSCRIBE_SECRET": TEST_UNSUBSCRIBE_SECRET, **extra})
     return env

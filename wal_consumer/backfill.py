@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from wal_consumer.enqueue import BatchWriter
-from wal_consumer.routes import EXPIRE_ORDERS, HIGH_PRIORITY, SYNC_ENS_DATA, JobRequest
+from wal_consumer.routes import EXPIRE_ORDERS, HIGH_PRIORITY, JobRequest, sync_ens_data
 from wal_consumer.settings import ConsumerSettings
 
 Progress = Callable[[str, int, int], None]
@@ -80,11 +80,8 @@ def _request(kind: str, values: tuple[Any, ...], today: str, naive_tz: ZoneInfo
              ) -> tuple[str, JobRequest]:
     if kind == "sync":
         (name_id,) = values
-        return f"sync:{name_id}:{today}", JobRequest(
-            SYNC_ENS_DATA,
-            {"ens_name_id": name_id, "reason": "backfill", "event_key": f"backfill:name:{name_id}"},
-            priority=HIGH_PRIORITY,
-        )
+        return f"sync:{name_id}:{today}", sync_ens_data(
+            name_id, "backfill", f"backfill:name:{name_id}", priority=HIGH_PRIORITY)
     order_id, expires_at = values
     if isinstance(expires_at, datetime) and expires_at.tzinfo is None:
         expires_at = expires_at.replace(tzinfo=naive_tz)

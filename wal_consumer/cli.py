@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 import psycopg
 from pydantic import ValidationError
 
-from wal_consumer import cli_ops, deadletters, provision
+from wal_consumer import cli_ops, deadletters, observe, provision
 from wal_consumer.consumer import Consumer
 from wal_consumer.errors import ConfigurationError, WalConsumerError
 from wal_consumer.settings import ConsumerSettings
@@ -67,7 +67,13 @@ def cmd_run(_args: argparse.Namespace) -> int:
     settings = load_settings()
     stop = threading.Event()
     stop_on_signals(stop)
-    return Consumer(settings, stop).run()
+    consumer = Consumer(settings, stop)
+    ops = observe.start(settings, consumer)
+    try:
+        return consumer.run()
+    finally:
+        if ops is not None:
+            ops.close()
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool, columns: Sequence[str]) -> None:

@@ -96,6 +96,12 @@ class Consumer:
         self.stop = stop or threading.Event()
         self.naive_tz = ZoneInfo(settings.naive_timestamp_timezone)
         self.published = {t.rpartition(".")[2] for t in settings.tables}
+        # starting | standby | streaming | reconnecting | stopped: read by /readyz
+        self.state = "starting"
+
+    def _set_state(self, state: str) -> None:
+        self.state = state
+        metrics.LEADER.set(1 if state == "streaming" else 0)
 
     # -- the outer loop: sessions, reconnects, standby waiting -------------------------------
 
@@ -109,6 +115,7 @@ class Consumer:
                 if not is_connection_error(exc) or self.stop.is_set():
                     raise
                 attempt += 1
+                self._set_state("reconnecting")
                 metrics.RECONNECTS.inc()
                 delay = min(self.settings.reconnect_max_delay_s, 0.5 * 2 ** min(attempt, 10))
                 delay *= random.uniform(0.5, 1.0)
@@ -118,6 +125,7 @@ class Consumer:
                     delay, attempt,
                 )
                 self.stop.wait(delay)
+        self._set_state("stopped")
         log.info("consumer stopped")
         return 0
 
@@ -136,6 +144,7 @@ class Consumer:
             stream = ReplicationStream(s.database_url, s.slot, s.publication, "wal-consumer")
             if not self._start_stream(stream, committed):
                 return
+            self._set_state("streaming")
             log.info(
                 "streaming slot %s from %s (checkpoint commit %s)", s.slot,
                 format_lsn(committed.confirmed), format_lsn(committed.commit_lsn),
@@ -165,6 +174,7 @@ class Consumer:
                 conn.rollback()
                 if not announced:
                     announced = True
+                    self._set_state("standby")
                     log.info("standby: slot %s is streamed by another wal-consumer (%s); "
                              "waiting to take over", slot, self._lock_holder(conn))
                 continue

@@ -17,8 +17,10 @@ from datetime import datetime
 
 import psycopg
 from procrastinate import App, SyncPsycopgConnector
+from procrastinate.exceptions import AlreadyEnqueued
 from procrastinate.jobs import Job
 
+from wal_consumer import metrics
 from wal_consumer.changes import Change
 from wal_consumer.errors import SetupMissingError
 from wal_consumer.protocol import format_lsn, parse_lsn
@@ -54,8 +56,8 @@ def to_job(request: JobRequest) -> Job:
     return Job(
         id=None,
         queue=request.queue,
-        lock=None,
-        queueing_lock=None,
+        lock=request.lock,
+        queueing_lock=request.queueing_lock,
         task_name=request.task_name,
         priority=request.priority,
         task_kwargs=request.args,
@@ -69,6 +71,7 @@ class BatchWriter:
         self.slot_name = slot_name
         self.app = app or procrastinate_app()
         self.jobs_written = 0
+        self.jobs_skipped_locked = 0
 
     def load_checkpoint(self) -> Checkpoint:
         try:
@@ -89,11 +92,61 @@ class BatchWriter:
         return Checkpoint(*(parse_lsn(v) for v in row))
 
     def write_jobs(self, requests: Sequence[JobRequest]) -> None:
+        """Defer the jobs in the open transaction. A job whose queueing lock already has a
+        pending (`todo`) job, or an earlier job of the same batch, is skipped and counted in
+        `jobs_skipped_locked`: a batch insert with one such conflict would fail whole
+        (PITFALLS 21), so those are filtered out first, and the rare conflict that appears in
+        between (another process deferring the same lock) falls back to one savepoint per
+        lock-carrying job."""
+        if not requests:
+            return
+        if not any(r.queueing_lock for r in requests):
+            self._defer(requests)
+            return
+        # The SELECT opens the transaction if nothing has yet, so the blocks below are savepoints
+        # inside it (on a non-autocommit connection), never transactions of their own.
+        pending = self._pending_locks({r.queueing_lock for r in requests if r.queueing_lock})
+        fresh: list[JobRequest] = []
+        for r in requests:
+            if r.queueing_lock is not None:
+                if r.queueing_lock in pending:
+                    self._skipped(r)
+                    continue
+                pending.add(r.queueing_lock)
+            fresh.append(r)
+        try:
+            with self.conn.transaction():
+                self._defer(fresh)
+        except AlreadyEnqueued:
+            log.info("a queueing lock was taken while this batch was written; deferring its "
+                     "lock-carrying jobs one by one")
+            self._defer([r for r in fresh if r.queueing_lock is None])
+            for r in fresh:
+                if r.queueing_lock is not None:
+                    try:
+                        with self.conn.transaction():
+                            self._defer([r])
+                    except AlreadyEnqueued:
+                        self._skipped(r)
+
+    def _defer(self, requests: Sequence[JobRequest]) -> None:
         if requests:
             self.app.job_manager.batch_defer_jobs(
                 jobs=[to_job(r) for r in requests], connection=self.conn
             )
             self.jobs_written += len(requests)
+
+    def _pending_locks(self, locks: set[str]) -> set[str]:
+        rows = self.conn.execute(
+            "SELECT queueing_lock FROM procrastinate_jobs WHERE status = 'todo'"
+            " AND queueing_lock = ANY(%s)", [sorted(locks)]).fetchall()
+        return {r[0] for r in rows}
+
+    def _skipped(self, request: JobRequest) -> None:
+        self.jobs_skipped_locked += 1
+        metrics.SKIPPED_LOCKED.inc()
+        log.info("skipped %s %s: a job with queueing lock %s is already pending",
+                 request.task_name, request.args.get("event_key", ""), request.queueing_lock)
 
     def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         if not letters:

@@ -29,3 +29,9 @@ BATCH_COMMIT_SECONDS = Histogram(
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 CONFIRMED_LSN = Gauge("wal_consumer_confirmed_lsn", "Last LSN confirmed to the server")
+LEADER = Gauge(
+    "wal_consumer_leader",
+    "1 while this process streams the slot; 0 while it waits as a hot standby or reconnects",
+)
+SKIPPED_LOCKED = Counter("wal_consumer_jobs_skipped_locked_total",
+                        "Jobs not enqueued: a job with the same queueing lock was pending")

@@ -89,5 +89,18 @@ def create_roles(conn: psycopg.Connection, published: Sequence[str], consumer_ro
     _grant(conn, "SELECT", _existing(conn, WORKER_READS), worker_role)
     _grant(conn, "SELECT", _existing(conn, ["grails_workers.consumer_checkpoint",
                                             "grails_workers.dead_letters"]), worker_role)
+    _grant(conn, "SELECT, INSERT, DELETE", _existing(conn, ["grails_workers.job_errors"]),
+           worker_role)
+    # notifications: the delivery ledger, users' channels and unsubscribes, shared rate limits
+    _grant(conn, "SELECT, INSERT, UPDATE", _existing(conn, [
+        "public.notifications", "grails_workers.notification_settings",
+        "grails_workers.rate_limits"]), worker_role)
+    conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA grails_workers TO {}").format(
+        sql.Identifier(worker_role)))
+    # ENS sync and ownership reconciliation: per-name outcomes, the corrections log
+    _grant(conn, "SELECT, INSERT, UPDATE", _existing(conn, [
+        "grails_workers.ens_sync_status", "grails_workers.ownership_corrections"]), worker_role)
+    conn.execute(sql.SQL("GRANT USAGE ON ALL SEQUENCES IN SCHEMA grails_workers TO {}").format(
+        sql.Identifier(worker_role)))
     log.info("granted least-privilege rights to %s and %s on database %s", consumer_role,
              worker_role, conn.info.dbname)

@@ -47,6 +47,10 @@ class JobRequest:
     scheduled_at: datetime | None = None
     priority: int = NORMAL_PRIORITY
     queue: str = field(default="")
+    # procrastinate's queueing lock: at most one `todo` job per value (the writer skips a job
+    # whose lock is already pending, see enqueue.py); and its lock: one such job runs at a time.
+    queueing_lock: str | None = None
+    lock: str | None = None
 
     def __post_init__(self) -> None:
         if not self.queue:
@@ -98,6 +102,18 @@ def address(change: Change, which: str, column: str) -> str | None:
     return None if value is None else str(value).lower()
 
 
+def sync_ens_data(ens_name_id: int, reason: str, event_key: str,
+                  priority: int = HIGH_PRIORITY) -> JobRequest:
+    """A sync of one name's ENS data; a name never has two pending (queueing lock per name)."""
+    return JobRequest(
+        SYNC_ENS_DATA,
+        {"ens_name_id": ens_name_id, "reason": reason, "event_key": event_key},
+        priority=priority,
+        queueing_lock=f"{SYNC_ENS_DATA}:{ens_name_id}",
+        lock=f"{SYNC_ENS_DATA}:{ens_name_id}",
+    )
+
+
 def _expire(kind: str, order_id: int, expires_at: datetime, event_key: str) -> JobRequest:
     return JobRequest(
         EXPIRE_ORDERS,
@@ -111,7 +127,8 @@ def _notify(event: str, change: Change, **data: Any) -> JobRequest:
     return JobRequest(
         NOTIFY_WATCHERS,
         {"event": event, "event_key": change.event_key,
-         "ens_name_id": identifier(change, "new", "ens_name_id"), **data},
+         "ens_name_id": identifier(change, "new", "ens_name_id"),
+         "committed_at": change.commit_time.isoformat(), **data},
     )
 
 
@@ -128,11 +145,7 @@ def listing_inserted(change: Change) -> list[JobRequest]:
             seller_address=address(change, "new", "seller_address"),
             expires_at=expires_at.isoformat() if expires_at else None,
         ),
-        JobRequest(
-            SYNC_ENS_DATA,
-            {"ens_name_id": ens_name_id, "reason": "new-listing", "event_key": change.event_key},
-            priority=HIGH_PRIORITY,
-        ),
+        sync_ens_data(ens_name_id, "new-listing", change.event_key),
     ]
     if expires_at is not None:
         jobs.append(_expire("listing", listing_id, expires_at, change.event_key))

@@ -46,6 +46,13 @@ class ConsumerSettings(BaseSettings):
     log_level: str = Field(
         "INFO", validation_alias=AliasChoices("LOG_LEVEL", "WAL_LOG_LEVEL")
     )
+    metrics_port: int = Field(
+        0, ge=0, le=65535,
+        description="port of the /metrics, /healthz and /readyz server (0: no server)")
+    metrics_host: str = Field("0.0.0.0", description="address that server listens on")
+    metrics_db_interval_s: float = Field(
+        5.0, ge=0, description="slot and dead-letter figures are read from the database at "
+        "most this often (at scrape time)")
 
     @field_validator("slot", "publication")
     @classmethod

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.rows import dict_row
 
 SELLER = "0xAbCdEf0000000000000000000000000000000001"
@@ -47,6 +48,29 @@ def add_offer(
     ).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def add_user(conn: psycopg.Connection, address: str, email: str | None = None,
+             verified: bool = True, webhook_url: str | None = None,
+             webhook_secret: str | None = None) -> int:
+    row = conn.execute(
+        "INSERT INTO users (address, email, email_verified) VALUES (%s, %s, %s) RETURNING id",
+        [address, email, verified]).fetchone()
+    assert row is not None
+    if webhook_url is not None:
+        conn.execute("INSERT INTO grails_workers.notification_settings (user_id, webhook_url,"
+                     " webhook_secret) VALUES (%s, %s, %s)", [row[0], webhook_url,
+                                                               webhook_secret])
+    return int(row[0])
+
+
+def watch(conn: psycopg.Connection, user_id: int, ens_name_id: int, **flags: bool) -> None:
+    columns = ["user_id", "ens_name_id", *flags]
+    conn.execute(
+        sql.SQL("INSERT INTO watchlist ({}) VALUES ({})").format(
+            sql.SQL(", ").join(map(sql.Identifier, columns)),
+            sql.SQL(", ").join(sql.Placeholder() * len(columns))),
+        [user_id, ens_name_id, *flags.values()])
 
 
 def jobs(conn: psycopg.Connection, task: str | None = None) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from marketplace import NEW_OWNER, SELLER, add_listing, add_name, add_offer, jobs
+from marketplace import NEW_OWNER, SELLER, add_listing, add_name, add_offer, add_user, jobs
 from support import (
     ROOT,
     WORKER,
@@ -132,6 +132,8 @@ def test_batch_net_expires_orders_whose_jobs_were_missed(
 
 def test_ownership_cascade(daemons: dict[str, str], conn: psycopg.Connection) -> None:
     previous = "0x00000000000000000000000000000000000000b9"
+    add_user(conn, SELLER, "seller@example.com")
+    add_user(conn, previous, "previous@example.com")
     name_id = add_name(conn, "owned.eth", owner=SELLER)
     mine = [add_listing(conn, name_id, seller=SELLER) for _ in range(2)]
     stale = add_listing(conn, name_id, seller=previous)
@@ -148,6 +150,7 @@ def test_ownership_cascade(daemons: dict[str, str], conn: psycopg.Connection) ->
     assert notes == sorted([(SELLER.lower(), sorted(mine)), (previous, [stale])])
     notification = jobs(conn, "send-notification")[0]
     assert notification["args"]["event"] == "listing-cancelled-ownership-change"
+    assert notification["args"]["channel"] == "email"
     assert notification["queue_name"] == "notifications"
 
     # the same job again, and a stale one (its new owner is not the owner any more)

@@ -70,7 +70,9 @@ def test_new_active_listing() -> None:
         "event": "new-listing", "event_key": "16/B374D848:3", "ens_name_id": 3, "listing_id": 7,
         "price_wei": "1000", "seller_address": "0xabc",
         "expires_at": "2030-01-02T03:04:05.500000+00:00",
+        "committed_at": notify.args["committed_at"],
     }
+    assert datetime.fromisoformat(notify.args["committed_at"]).tzinfo is not None
     assert sync.priority == HIGH_PRIORITY and sync.queue == "ens-sync"
     assert sync.args == {"ens_name_id": 3, "reason": "new-listing", "event_key": "16/B374D848:3"}
     assert expire.queue == "expiry"

@@ -1,0 +1,72 @@
+"""Email delivery over SMTP: a multipart message with RFC 8058 one-click unsubscribe headers."""
+
+from __future__ import annotations
+
+import email.utils
+from dataclasses import dataclass
+from email.message import EmailMessage
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiosmtplib
+
+from job_handlers.notify.render import Rendered
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    hostname: str
+    port: int
+    username: str | None
+    password: str | None
+    use_tls: bool  # implicit TLS (smtps://)
+    start_tls: bool | None  # None: when the server offers it; True: required
+    timeout_s: float
+
+
+def parse_smtp_url(url: str, timeout_s: float) -> SmtpConfig:
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps"):
+        raise ValueError("SMTP_URL must start with smtp:// or smtps://")
+    if not parts.hostname:
+        raise ValueError("SMTP_URL has no host")
+    options = parse_qs(parts.query)
+    starttls = options.get("starttls", [""])[0].lower()
+    if starttls not in ("", "required", "true", "false", "off"):
+        raise ValueError("SMTP_URL's starttls must be required, false or absent")
+    implicit = parts.scheme == "smtps"
+    return SmtpConfig(
+        hostname=parts.hostname,
+        port=parts.port or (465 if implicit else 25),
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        use_tls=implicit,
+        start_tls=(False if implicit or starttls in ("false", "off")
+                   else True if starttls in ("required", "true") else None),
+        timeout_s=timeout_s,
+    )
+
+
+def build_message(*, sender: str, recipient: str, content: Rendered, unsubscribe_url: str,
+                  message_id_domain: str, message_key: str) -> EmailMessage:
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = recipient
+    message["Subject"] = content.subject
+    message["Date"] = email.utils.formatdate(usegmt=True)
+    # Stable per notification, so a mail system can spot the one duplicate window (see send).
+    message["Message-ID"] = f"<{message_key}@{message_id_domain}>"
+    message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
+    message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    message["Auto-Submitted"] = "auto-generated"
+    message.set_content(content.text)
+    message.add_alternative(content.html, subtype="html")
+    return message
+
+
+async def send(config: SmtpConfig, message: EmailMessage) -> None:
+    """Hand one message to the SMTP server; aiosmtplib's errors propagate."""
+    await aiosmtplib.send(
+        message, hostname=config.hostname, port=config.port, username=config.username,
+        password=config.password, use_tls=config.use_tls, start_tls=config.start_tls,
+        timeout=config.timeout_s,
+    )
