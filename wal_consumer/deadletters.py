@@ -111,8 +111,9 @@ def replay(
             " WHERE id = %s AND replayed_at IS NULL RETURNING id",
             [row["id"]],
         ).fetchone()
+        written = writer.jobs_written
         if marked:
-            writer.write_jobs(jobs)
+            writer.write_jobs(jobs)  # a sync whose name has one pending is skipped
         conn.commit()
-        results.append(ReplayResult(row["id"], len(jobs) if marked else 0, None))
+        results.append(ReplayResult(row["id"], writer.jobs_written - written, None))
     return results
