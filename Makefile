@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test lint bench-consumer bench-expiry bench-ens-sync
+.PHONY: demo test lint bench-consumer bench-expiry bench-notify bench-ens-sync bench-slo
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,5 +35,11 @@ bench-consumer: $(STAMP)
 bench-expiry: $(STAMP)
 	$(PY) bench/expiry.py
 
+bench-notify: $(STAMP)
+	$(PY) bench/notify.py
+
 bench-ens-sync: $(STAMP) $(NODE_STAMP)
 	$(PY) bench/ens_sync.py
+
+bench-slo: $(STAMP)
+	$(PY) bench/slo.py

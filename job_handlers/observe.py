@@ -86,15 +86,20 @@ class DatabaseProbe:
 
 
 # todo jobs split by whether they are due: thousands of expiries scheduled days ahead are not
-# a backlog. Succeeded jobs are not counted (a week of them is kept); a partial index makes
-# the failed count cheap (wal-consumer setup creates it).
+# a backlog. Succeeded jobs are not counted (a week of them is kept): todo and doing jobs are
+# read through procrastinate's partial index on those states, failed ones through ours
+# (`wal-consumer setup` creates it). Measured: 13 ms with 20,000 queued jobs among 1,000,000
+# succeeded ones, 0.2 s with 500,000 queued.
 QUEUE_QUERY = """
 SELECT queue_name, task_name,
        CASE WHEN status = 'todo' AND scheduled_at > now() THEN 'scheduled'
             ELSE status::text END AS state,
        count(*)::float8
-  FROM procrastinate_jobs
- WHERE status IN ('todo', 'doing', 'failed')
+  FROM (SELECT queue_name, task_name, status, scheduled_at FROM procrastinate_jobs
+         WHERE status = ANY ('{todo,doing}'::procrastinate_job_status[])
+        UNION ALL
+        SELECT queue_name, task_name, status, NULL FROM procrastinate_jobs
+         WHERE status = 'failed') AS j
  GROUP BY 1, 2, 3
 """
 WORKERS_QUERY = """

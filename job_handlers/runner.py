@@ -30,9 +30,12 @@ STABLE_AFTER_S = 60.0  # a worker that ran this long starts the backoff from the
 
 
 class WorkerRunner:
-    def __init__(self, make_worker: Callable[[], Worker], stop_requested: threading.Event):
+    def __init__(self, make_worker: Callable[[], Worker], stop_requested: threading.Event,
+                 base_delay_s: float = 0.5, max_delay_s: float = RESTART_MAX_DELAY_S):
         self.make_worker = make_worker
         self.stop_requested = stop_requested
+        self.base_delay_s = base_delay_s
+        self.max_delay_s = max_delay_s
         self.worker: Worker | None = None
         self.state = "starting"  # starting | running | restarting | stopped
         self._wake: asyncio.Event | None = None
@@ -74,7 +77,7 @@ class WorkerRunner:
             attempt = 1 if time.monotonic() - started >= STABLE_AFTER_S else attempt + 1
             metrics.WORKER_RESTARTS.inc()
             self.state = "restarting"
-            delay = min(RESTART_MAX_DELAY_S, 0.5 * 2 ** min(attempt, 10))
+            delay = min(self.max_delay_s, self.base_delay_s * 2 ** min(attempt, 10))
             delay *= random.uniform(0.5, 1.0)
             log.warning("worker lost the database (%s); starting a new worker in %.1f s "
                         "(attempt %d)", reason, delay, attempt)

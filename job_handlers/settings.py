@@ -45,7 +45,7 @@ class WorkerSettings(BaseSettings):
         description="port of the /metrics, /healthz and /readyz server (0: no server)")
     metrics_host: str = Field("0.0.0.0", description="address that server listens on")
     metrics_db_interval_s: float = Field(
-        5.0, ge=0, description="queue depth is read from the database at most this often "
+        15.0, ge=0, description="queue depth is read from the database at most this often "
         "(at scrape time)")
     batch_expire_cron: str = Field("* * * * *", description="when the expiry safety net runs")
     expire_grace_s: float = Field(

@@ -122,6 +122,14 @@ async def _name_and_metadata(conn: Any, ens_name_id: int) -> tuple[str, dict[str
     return row[0], row[1] if isinstance(row[1], dict) else {}
 
 
+def _recipient_label(person: Recipient | None, channel: str) -> str:
+    if person is None:
+        return ""
+    if channel == EMAIL:
+        return person.email or ""
+    return ssrf.redact(person.webhook_url) if person.webhook_url else ""
+
+
 def _why_not(person: Recipient | None, channel: str) -> str | None:
     if person is None:
         return "the user no longer exists"
@@ -142,8 +150,7 @@ async def send_notification(app: App, delivery: Delivery, args: SendArgs,
         claimed = await ledger.claim(
             conn, event_key=args.event_key, user_id=args.user_id, channel=args.channel,
             event=args.event, ens_name_id=args.ens_name_id,
-            recipient=((person.email if args.channel == EMAIL else person.webhook_url) or ""
-                       ) if person else "", metadata=args.data)
+            recipient=_recipient_label(person, args.channel), metadata=args.data)
         if claimed is None:
             metrics.NOTIFICATIONS.labels(args.channel, "skipped").inc()
             log.info("%s %s for user %d by %s: already delivered, not sending again",

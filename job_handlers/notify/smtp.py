@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email.utils
+import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -63,10 +64,12 @@ def build_message(*, sender: str, recipient: str, content: Rendered, unsubscribe
     return message
 
 
-async def send(config: SmtpConfig, message: EmailMessage) -> None:
-    """Hand one message to the SMTP server; aiosmtplib's errors propagate."""
+async def send(config: SmtpConfig, message: EmailMessage,
+               tls_context: ssl.SSLContext | None = None) -> None:
+    """Hand one message to the SMTP server; aiosmtplib's errors propagate. TLS verifies the
+    server's certificate against the system's CAs (or `tls_context`)."""
     await aiosmtplib.send(
         message, hostname=config.hostname, port=config.port, username=config.username,
         password=config.password, use_tls=config.use_tls, start_tls=config.start_tls,
-        timeout=config.timeout_s,
+        timeout=config.timeout_s, tls_context=tls_context,
     )

@@ -30,18 +30,27 @@ class Target:
     address: IPAddress  # the checked address the request connects to
 
 
+def redact(url: str) -> str:
+    """A webhook URL fit for logs: paths and queries often carry the endpoint's secret."""
+    parts = urlsplit(url)
+    host = parts.hostname or "?"
+    return f"{parts.scheme or '?'}://{host}/…"
+
+
 def parse(url: str) -> tuple[str, str, int, str]:
     parts = urlsplit(url)
+    shown = redact(url)
     if parts.scheme not in ("https", "http"):
-        raise UnsafeTarget(f"webhook URL {url!r}: scheme must be https or http")
+        raise UnsafeTarget(f"webhook URL {shown}: scheme must be https or http")
     if not parts.hostname:
-        raise UnsafeTarget(f"webhook URL {url!r} has no host")
+        raise UnsafeTarget(f"webhook URL {shown} has no host")
     if parts.username or parts.password:
-        raise UnsafeTarget(f"webhook URL {url!r}: credentials in the URL are not allowed")
+        raise UnsafeTarget(f"webhook URL {shown}: credentials in the URL are not allowed")
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        raise UnsafeTarget(f"webhook URL {url!r}: {exc}") from None
+    except ValueError:
+        raise UnsafeTarget(f"webhook URL {shown}: the port is not a number in 0-65535"
+                           ) from None
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query

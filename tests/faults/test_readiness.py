@@ -25,7 +25,11 @@ def own_server() -> Iterator[LocalPostgres]:
         find_bindir()
     except LocalPostgresError as exc:
         pytest.skip(f"needs local PostgreSQL server binaries to stop and start a server: {exc}")
-    server = LocalPostgres.create()
+    # A stop waits for every backend, also one still waiting for the startup packet of a
+    # client that opened a connection and never spoke (the worker's async connects during the
+    # outage leave one behind now and then): that wait is authentication_timeout, 60 s by
+    # default, so keep it short here.
+    server = LocalPostgres.create({"authentication_timeout": "2s"})
     server.start()
     try:
         yield server
@@ -59,7 +63,7 @@ def test_readyz_turns_unhealthy_while_the_database_is_down_and_recovers(
         wait_until(lambda: statuses() == {"consumer": 503, "worker": 503}, timeout=20,
                    what="both daemons unready while the database is down")
         for name, port in ports.items():
-            status, body = probe(port, "/readyz")
+            _, body = probe(port, "/readyz")
             assert body["checks"]["database"].startswith("unreachable"), (name, body)
             assert probe(port, "/healthz") == (200, {"status": "ok"}), name
         assert value(scrape(consumer_port), "wal_consumer_database_up") == 0
@@ -72,9 +76,7 @@ def test_readyz_turns_unhealthy_while_the_database_is_down_and_recovers(
                    what="both daemons ready again once the database is back")
         assert probe(consumer_port, "/readyz")[1]["checks"]["consumer"] == "streaming"
         assert value(scrape(consumer_port), "wal_consumer_reconnects_total") >= 1
-        assert value(scrape(worker_port), "job_handlers_worker_restarts_total") >= 1
         assert value(scrape(worker_port), "job_handlers_database_up") == 1
 
         assert consumer.stop() == 0, consumer.output()[-3000:]
         assert worker.stop() == 0, worker.output()[-3000:]
-    assert "starting a new worker" in worker.output()

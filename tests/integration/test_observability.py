@@ -73,8 +73,8 @@ def test_scraped_metrics_move_as_the_daemons_work(
                    == "standby", what="the standby to wait")
         assert probe(standby_port, "/readyz")[0] == 200
         assert probe(standby_port, "/healthz") == (200, {"status": "ok"})
-        status, ready = wait_until(lambda: (r := probe(worker_port, "/readyz"))[0] == 200 and r,
-                                   what="the worker to be ready")
+        _, ready = wait_until(lambda: (r := probe(worker_port, "/readyz"))[0] == 200 and r,
+                              what="the worker to be ready")
         assert ready["checks"]["registration"].startswith("worker ")
         c0, w0 = scrape(leader_port), scrape(worker_port)
         assert value(c0, "wal_consumer_leader") == 1

@@ -67,7 +67,10 @@ def test_email_rate_holds_across_two_worker_processes(
             sent_by = [w.output().count("emailed user") for w in (one, two)]
         times = [m.at for m in catcher.messages]
         assert all(sent_by), f"both workers sent (emails per worker: {sent_by})"
-        assert busiest_second(times) <= 11, "10 emails/s across both workers, one boundary hit"
-        assert max(times) - min(times) >= 2.7
+        # Slots are handed out 100 ms apart; arrival adds each SMTP session's own duration,
+        # which varies on a loaded machine, so a one-second window may see a few more. Without
+        # the shared limit all 30 arrive within a fraction of a second.
+        assert busiest_second(times) <= 13, "about 10 emails/s across both workers"
+        assert max(times) - min(times) >= 2.7, "30 emails at 10/s take at least 2.9 s"
     finally:
         catcher.stop()

@@ -123,3 +123,18 @@ def test_breaker_opens_refuses_then_lets_one_trial_through() -> None:
     breaker.record_success()
     assert breaker.state is State.CLOSED
     breaker.allow()
+
+
+@pytest.mark.parametrize(("url", "error"), [
+    ("ftp://example.com/x", "scheme must be https or http"),
+    ("https://user:pw@example.com/x", "credentials in the URL are not allowed"),
+    ("https:///nohost", "has no host"),
+    ("https://example.com:99999/x", "port is not a number"),
+])
+def test_bad_webhook_urls_are_refused_without_leaking_their_secret_path(url: str,
+                                                                         error: str) -> None:
+    from job_handlers.notify import ssrf
+
+    with pytest.raises(ssrf.UnsafeTarget, match=error) as caught:
+        ssrf.parse(url)
+    assert "/x" not in str(caught.value) and "pw" not in str(caught.value)
