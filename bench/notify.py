@@ -1,6 +1,6 @@
 """Notification latency: a listing INSERT's commit -> the watchers' emails at an SMTP server.
 
-Run: ``.venv/bin/python bench/notify.py [--events N] [--watchers 1,50] [--rates 20,2]
+Run: ``.venv/bin/python bench/notify.py [--events N] [--watchers 1,50] [--rates 20,0.5]
 [--workers N] [--py-spy DIR]``. It starts a throwaway PostgreSQL cluster (``LocalPostgres``), or,
 when ``DATABASE_URL`` is set, creates a scratch database on that server; either is removed at
 the end. The schema is what ``wal-consumer setup --dev-schema`` creates, with its replication
@@ -32,10 +32,13 @@ its Message-ID (``notification-<notifications.id>``) and the ``notifications`` r
 both read from this process's monotonic clock. When every expected email has arrived and no
 ``notify-watchers``/``send-notification`` job is left to run, the server is watched for
 ``--settle`` more seconds for late duplicates. Printed per scenario: received vs expected,
-duplicates (the same event to the same address twice: must be 0), p50/p95/p99/max, the
-emails/s offered and achieved (counted emails / from the first counted commit to the last
-counted email), and where the time went, per email, from procrastinate's job events and the
-jobs' rows (server clock, mapped onto this process's clock with an offset measured by
+duplicates (the same event to the same address twice: must be 0), p50/p95/p99/max, the emails/s
+offered and achieved (counted emails / from the first counted commit to the last counted email;
+a warning when achieved < 90 % of offered, i.e. the pipeline queued), CPU seconds from the first
+write to the last email (workers, consumer, this process, the scratch database's backends when
+the server runs here, the whole machine, Linux ``/proc``) and the database's committed
+transactions per email, and where the time went, per email, from procrastinate's job events and
+the jobs' rows (server clock, mapped onto this process's clock with an offset measured by
 bracketing ``clock_timestamp()`` reads; the mean of each stage is shown because means add up):
 consumer (commit -> ``notify-watchers`` 'deferred' event, the consumer transaction's ``now()``),
 pick-up ('deferred' -> 'started'), fan-out (its 'started' -> 'succeeded'), queue wait (fan-out
@@ -45,9 +48,16 @@ has the message) and, after the email, mark + finish (SMTP -> 'succeeded').
 Reference, same run, before the scenarios, against the same SMTP server: a bare aiosmtplib loop
 in its own process (``job_handlers.notify.smtp.send``, i.e. ``aiosmtplib.send``: one connection
 per message, as the worker sends) with a message built exactly as the worker builds it;
-``--reference-n`` messages one after another (latency per message: call -> return), then the
-same number with ``JOB_CONCURRENCY`` (10) sends in flight (messages/s): the SMTP leg's floor
-and ceiling on this machine, so the figures compare across machines.
+``--reference-n`` messages one after another (latency per message: call -> return; the
+worker's ``render.build_context``, ``render.render`` and ``smtp.build_message`` timed apart),
+the same messages on one connection kept open, then the same number with ``JOB_CONCURRENCY``
+(10) sends in flight, one connection each (messages/s): the SMTP leg's floor and ceiling on
+this machine, so the figures compare across machines.
+
+The default rates keep the pipeline below its capacity: 20 listings/s is 20 emails/s at one
+watcher; at 50 watchers 0.5 listings/s is 25 emails/s, about half of what one worker process
+delivered on a 2-CPU machine (500 events at 50 watchers take ~17 minutes; ``--rates 20,1``
+halves that at the price of queueing).
 
 ``--py-spy DIR`` samples the consumer and the workers of each scenario with ``py-spy record``
 (raw collapsed stacks), from when they are ready until they exit.
@@ -298,14 +308,7 @@ class Daemon:
         return False
 
     def cpu_seconds(self) -> float:
-        """User + system CPU time so far (Linux /proc; 0 where unknown)."""
-        if self.proc is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return 0.0
+        return 0.0 if self.proc is None else pid_cpu(self.proc.pid) or 0.0
 
     def profile(self, directory: Path | None) -> None:
         if directory is not None and self.proc is not None:
@@ -415,6 +418,23 @@ def add_names(bench: Bench, tag: str, count: int, watchers: int) -> list[int]:
     return ids
 
 
+def pid_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc; None where unknown)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def is_postgres(pid: int) -> bool:
+    """Whether ``pid`` is a PostgreSQL process on this machine (a remote server's pids are not)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip().startswith("postgres")
+    except OSError:
+        return False
+
+
 def machine_cpu() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far, every process (Linux /proc/stat)."""
     try:
@@ -424,6 +444,53 @@ def machine_cpu() -> tuple[float, float]:
     idle = values[3] + (values[4] if len(values) > 4 else 0)
     total = sum(values[:8])
     return (total - idle) / os.sysconf("SC_CLK_TCK"), total / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Usage:
+    """CPU seconds so far: the daemons, this process (SMTP server, writer), the database
+    backends of the scratch database (when the server runs here), the machine; and the
+    database's committed transactions."""
+
+    consumer: float
+    workers: float
+    bench: float
+    backends: dict[int, float]
+    busy: float
+    total: float
+    commits: int
+
+    @classmethod
+    def now(cls, conn: psycopg.Connection, procs: Sequence[Daemon]) -> Usage:
+        pids = [int(r[0]) for r in conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()").fetchall()]
+        backends = {pid: cpu for pid in pids
+                    if is_postgres(pid) and (cpu := pid_cpu(pid)) is not None}
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        commits = scalar(conn, "SELECT xact_commit FROM pg_stat_database"
+                               " WHERE datname = current_database()")
+        busy, total = machine_cpu()
+        return cls(procs[0].cpu_seconds(), sum(p.cpu_seconds() for p in procs[1:]),
+                   time.process_time(), backends, busy, total, commits)
+
+    def report(self, before: Usage, emails: int, workers: int) -> str:
+        per_email = 1000 / max(emails, 1)
+        workers_s = self.workers - before.workers
+        consumer_s = self.consumer - before.consumer
+        bench_s = self.bench - before.bench
+        backends_s = sum(cpu - before.backends.get(pid, 0.0)
+                         for pid, cpu in self.backends.items())
+        backends = (f"database backends {backends_s:.1f} s ({backends_s * per_email:.1f} ms per "
+                    "email)" if self.backends else "database backends not visible from here")
+        commits = (self.commits - before.commits) / max(emails, 1)
+        busy, total = self.busy - before.busy, self.total - before.total
+        others = max(busy - workers_s - consumer_s - bench_s - backends_s, 0.0)
+        return (f"CPU from the first write to the last email: worker{'s' if workers > 1 else ''} "
+                f"{workers_s:.1f} s ({workers_s * per_email:.1f} ms per email), {backends}, "
+                f"consumer {consumer_s:.1f} s, SMTP server + writer {bench_s:.1f} s; "
+                f"{commits:.1f} database commits per email; the machine was "
+                f"{busy / max(total, 1e-9):.0%} busy ({busy:.0f} of {total:.0f} CPU-s), "
+                f"{others:.0f} CPU-s of it by other processes")
 
 
 def measure_clock_offset(dsn: str) -> float:
@@ -592,11 +659,14 @@ def scenario(bench: Bench, watchers: int, rate: float, reference: Reference) -> 
         wait_delivered(bench, procs, first, a.warmup * watchers)
         first = bench.catcher.count()
         started = time.monotonic()
-        cpu_before = [p.cpu_seconds() for p in procs], machine_cpu()
+        usage_conn = psycopg.connect(bench.dsn, autocommit=True)
+        before = Usage.now(usage_conn, procs)
         writes = write_listings(bench.dsn, names, rate)
         wait_delivered(bench, procs, first, a.events * watchers, settle=False)
-        cpu_after = [p.cpu_seconds() for p in procs], machine_cpu()
-        time.sleep(a.settle)
+        time.sleep(1.0)  # PostgreSQL flushes its activity counters at most once a second
+        after = Usage.now(usage_conn, procs)
+        usage_conn.close()
+        time.sleep(max(a.settle - 1.0, 0.0))
         mails = bench.catcher.since(first)
         ran_s = time.monotonic() - started
     o = trace(bench, mails, writes, watchers)
@@ -615,14 +685,7 @@ def scenario(bench: Bench, watchers: int, rate: float, reference: Reference) -> 
               "queued, and the latencies below grow with the length of the run")
     print(f"latency commit -> SMTP server: p50 {p50:,.0f} ms, p95 {p95:,.0f} ms, p99 {p99:,.0f} "
           f"ms, max {lat[-1]:,.0f} ms")
-    consumer_cpu = cpu_after[0][0] - cpu_before[0][0]
-    worker_cpu = sum(cpu_after[0][1:]) - sum(cpu_before[0][1:])
-    busy = cpu_after[1][0] - cpu_before[1][0]
-    total = cpu_after[1][1] - cpu_before[1][1]
-    print(f"CPU from the first write to the last email: worker{'s' if a.workers > 1 else ''} "
-          f"{worker_cpu:.1f} s ({worker_cpu / max(o.received, 1) * 1000:.1f} ms per email), "
-          f"consumer {consumer_cpu:.1f} s; the machine was {busy / max(total, 1e-9):.0%} busy "
-          f"({busy:.0f} of {total:.0f} CPU-s, every process on it)")
+    print(after.report(before, o.received, a.workers))
     print("where the time goes, per email (server clock mapped onto ours):")
     for key, label in STAGE_NAMES:
         print(f"  {label:50} {spread(o.stages[key])}")
@@ -711,7 +774,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=500, help="measured listings per scenario")
     p.add_argument("--watchers", type=numbers(int), default=[1, 50],
                    help="watchers per name, one scenario each (comma separated)")
-    p.add_argument("--rates", type=numbers(float), default=[20.0, 2.0],
+    p.add_argument("--rates", type=numbers(float), default=[20.0, 0.5],
                    help="listing INSERTs per second, one per scenario (comma separated)")
     p.add_argument("--warmup", type=int, default=5, help="uncounted listings per scenario")
     p.add_argument("--workers", type=int, default=1, help="job-handlers worker processes")

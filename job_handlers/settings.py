@@ -61,6 +61,8 @@ class WorkerSettings(BaseSettings):
         description="smtp://[user:password@]host[:port] (STARTTLS when the server offers it; "
         "?starttls=required to insist), or smtps:// for implicit TLS")
     smtp_timeout_s: float = Field(30.0, gt=0, description="SMTP connect and command timeout")
+    smtp_connections: int = Field(4, ge=1, description="SMTP sessions each worker process "
+                                  "keeps open (and sends on at once)")
     email_from: str = Field("Grails <notifications@grails.app>",
                             description="From: of notification emails")
     public_base_url: str = Field("https://grails.app",

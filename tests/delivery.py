@@ -30,6 +30,7 @@ class Received:
     at: float
     to: list[str]
     message: EmailMessage
+    peer: str = ""  # the client's address and port: one per SMTP session
 
     def part(self, subtype: str) -> str:
         body = self.message.get_body(preferencelist=(subtype,))
@@ -55,7 +56,8 @@ class SmtpCatcher:
         message = email.message_from_bytes(content, policy=email.policy.default)
         assert isinstance(message, EmailMessage)
         with self._lock:
-            self.messages.append(Received(time.time(), list(envelope.rcpt_tos), message))
+            self.messages.append(Received(time.time(), list(envelope.rcpt_tos), message,
+                                          str(session.peer)))
         return "250 OK"
 
     def start(self) -> SmtpCatcher:

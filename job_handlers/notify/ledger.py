@@ -16,17 +16,14 @@ from psycopg.types.json import Jsonb
 
 FINAL = ("sent", "disabled", "skipped")
 
-RECORD = """
-INSERT INTO notifications (user_id, type, ens_name_id, metadata, sent_at, event_key, channel,
-                           recipient, status, attempts, updated_at)
-VALUES (%(user_id)s, %(type)s, %(ens_name_id)s, %(metadata)s, NULL, %(event_key)s, %(channel)s,
-        %(recipient)s, 'pending', 0, now())
-ON CONFLICT (event_key, user_id, channel) WHERE event_key IS NOT NULL DO NOTHING
-"""
 CLAIM = """
-UPDATE notifications SET status = 'sending', attempts = attempts + 1, updated_at = now()
- WHERE event_key = %(event_key)s AND user_id = %(user_id)s AND channel = %(channel)s
-   AND status <> ALL(%(final)s)
+INSERT INTO notifications AS n (user_id, type, ens_name_id, metadata, sent_at, event_key,
+                                channel, recipient, status, attempts, updated_at)
+VALUES (%(user_id)s, %(type)s, %(ens_name_id)s, %(metadata)s, NULL, %(event_key)s, %(channel)s,
+        %(recipient)s, 'sending', 1, now())
+ON CONFLICT (event_key, user_id, channel) WHERE event_key IS NOT NULL
+DO UPDATE SET status = 'sending', attempts = n.attempts + 1, updated_at = now()
+        WHERE n.status <> ALL(%(final)s)
 RETURNING id, attempts
 """
 MARK = """
@@ -51,7 +48,6 @@ async def claim(conn: psycopg.AsyncConnection[Any], *, event_key: str, user_id: 
               "metadata": Jsonb(metadata), "event_key": event_key,
               "channel": channel, "recipient": recipient, "final": list(FINAL)}
     async with conn.transaction():
-        await conn.execute(RECORD, params)
         cur = await conn.execute(CLAIM, params)
         row = await cur.fetchone()
     return Claim(id=row[0], attempt=row[1]) if row else None

@@ -8,7 +8,7 @@ are computed from wei with integers: 1234500000000000000 wei is exactly "1.2345"
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 from urllib.parse import quote
 
@@ -30,9 +30,11 @@ def wei_to_eth(wei: int | str | None) -> str | None:
     return f"{sign}{whole:,}" + (f".{digits}" if digits else "")
 
 
+@lru_cache(maxsize=4096)
 def normalise_name(name: str) -> str:
     """The ENS-normalised form (ENSIP-15) to show; the name as stored when it does not
-    normalise (it is still shown, escaped)."""
+    normalise (it is still shown, escaped). Memoised: an event's 50 watchers share one name,
+    and normalising costs milliseconds."""
     try:
         from ens.utils import normalize_name
 

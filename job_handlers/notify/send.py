@@ -70,6 +70,7 @@ class Delivery:
     email_breaker: CircuitBreaker
     webhook_breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
     _http: httpx.AsyncClient | None = None
+    _smtp: smtp.SmtpPool | None = None
 
     @classmethod
     def from_settings(cls, settings: WorkerSettings) -> Delivery:
@@ -93,6 +94,11 @@ class Delivery:
         if self._http is None:
             self._http = httpx.AsyncClient(trust_env=False, follow_redirects=False)
         return self._http
+
+    def smtp_pool(self, config: smtp.SmtpConfig) -> smtp.SmtpPool:
+        if self._smtp is None:
+            self._smtp = smtp.SmtpPool(config, size=self.settings.smtp_connections)
+        return self._smtp
 
     def unsubscribe_url(self, user_id: int) -> str:
         secret = self.settings.unsubscribe_secret
@@ -218,7 +224,7 @@ async def _send_email(conn: Any, delivery: Delivery, args: SendArgs, person: Rec
     delivery.email_breaker.allow()
     started = time.monotonic()
     try:
-        await smtp.send(config, message)
+        await delivery.smtp_pool(config).send(message)
     except aiosmtplib.SMTPRecipientsRefused as exc:
         delivery.email_breaker.record_success()  # the server works; this address does not
         raise PermanentJobError(f"SMTP server refused {person.email}: {exc}") from None

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import ssl
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -62,6 +64,64 @@ def build_message(*, sender: str, recipient: str, content: Rendered, unsubscribe
     message.set_content(content.text)
     message.add_alternative(content.html, subtype="html")
     return message
+
+
+class SmtpPool:
+    """A few SMTP sessions kept open per worker process.
+
+    Opening a session (TCP, EHLO, perhaps TLS and AUTH) costs more than sending one message,
+    and an event's watchers are emailed in a burst. At most `size` sessions exist at once; a
+    session idle longer than `idle_s` (servers drop quiet sessions) or one that saw any error
+    is closed rather than reused. A reused session the server has already closed is replaced
+    once, before anything was sent on it.
+    """
+
+    def __init__(self, config: SmtpConfig, size: int = 4, idle_s: float = 30.0,
+                 tls_context: ssl.SSLContext | None = None):
+        self.config = config
+        self.idle_s = idle_s
+        self.tls_context = tls_context
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        c = self.config
+        client = aiosmtplib.SMTP(hostname=c.hostname, port=c.port, username=c.username,
+                                 password=c.password, use_tls=c.use_tls, start_tls=c.start_tls,
+                                 timeout=c.timeout_s, tls_context=self.tls_context)
+        await client.connect()
+        return client
+
+    def _reusable(self) -> aiosmtplib.SMTP | None:
+        now = time.monotonic()
+        while self._idle:
+            client, since = self._idle.pop()
+            if now - since < self.idle_s and client.is_connected:
+                return client
+            client.close()
+        return None
+
+    async def send(self, message: EmailMessage) -> None:
+        async with self._slots:
+            client = self._reusable()
+            if client is not None:
+                try:
+                    await client.noop()
+                except (aiosmtplib.SMTPException, OSError):
+                    client.close()
+                    client = None
+            if client is None:
+                client = await self._connect()
+            try:
+                await client.send_message(message)
+            except BaseException:
+                client.close()
+                raise
+            self._idle.append((client, time.monotonic()))
+
+    def close(self) -> None:
+        while self._idle:
+            self._idle.pop()[0].close()
 
 
 async def send(config: SmtpConfig, message: EmailMessage,
