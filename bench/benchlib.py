@@ -7,16 +7,20 @@ import contextlib
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
 from psycopg import sql
 
 from wal_consumer.localpg import LocalPostgres
@@ -120,3 +124,66 @@ def print_summary(figures: Sequence[Figure]) -> None:
     print("\n== summary")
     for r in [header, *rows]:
         print("  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip())
+
+
+# -- the SMTP server ----------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    # aiosmtpd's Controller(port=0) does not work: pick a free port first.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Mail:
+    at: float  # time.monotonic() when DATA was complete
+    rcpt: str
+    content: bytes
+
+    @property
+    def headers(self) -> bytes:
+        return self.content.split(b"\r\n\r\n", 1)[0]
+
+
+@dataclass
+class Catcher:
+    """An SMTP server that keeps every message and when it had it; parsing waits for later."""
+
+    port: int = field(default_factory=free_port)
+    mails: list[Mail] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _controller: Controller | None = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        at = time.monotonic()
+        content = envelope.original_content or b""
+        with self._lock:
+            for rcpt in envelope.rcpt_tos:
+                self.mails.append(Mail(at, rcpt, content))
+        return "250 OK"
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self.mails)
+
+    def since(self, index: int) -> list[Mail]:
+        with self._lock:
+            return self.mails[index:]
+
+    def all(self) -> list[Mail]:
+        return self.since(0)
+
+    def __enter__(self) -> Catcher:
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._controller is not None:
+            self._controller.stop()

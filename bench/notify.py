@@ -47,7 +47,8 @@ has the message) and, after the email, mark + finish (SMTP -> 'succeeded').
 
 Reference, same run, before the scenarios, against the same SMTP server: a bare aiosmtplib loop
 in its own process (``job_handlers.notify.smtp.send``, i.e. ``aiosmtplib.send``: one connection
-per message, as the worker sends) with a message built exactly as the worker builds it;
+per message, and on one kept-open connection as the worker's SMTP pool does) with a message
+built exactly as the worker builds it;
 ``--reference-n`` messages one after another (latency per message: call -> return; the
 worker's ``render.build_context``, ``render.render`` and ``smtp.build_message`` timed apart),
 the same messages on one connection kept open, then the same number with ``JOB_CONCURRENCY``
@@ -72,11 +73,9 @@ import os
 import platform
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -85,11 +84,11 @@ from statistics import fmean
 from typing import Any
 
 import psycopg
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
 from benchlib import (
     BenchError,
+    Catcher,
     Figure,
+    Mail,
     percentile,
     print_summary,
     scratch_database,
@@ -218,62 +217,6 @@ async def main():
 
 asyncio.run(main())
 '''
-
-
-# -- the SMTP server ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    # aiosmtpd's Controller(port=0) does not work: pick a free port first.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Mail:
-    at: float  # time.monotonic() when DATA was complete
-    rcpt: str
-    content: bytes
-
-
-@dataclass
-class Catcher:
-    """An SMTP server that keeps every message and when it had it; parsing waits for later."""
-
-    port: int = field(default_factory=free_port)
-    mails: list[Mail] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _controller: Controller | None = None
-
-    @property
-    def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        at = time.monotonic()
-        content = envelope.original_content or b""
-        with self._lock:
-            for rcpt in envelope.rcpt_tos:
-                self.mails.append(Mail(at, rcpt, content))
-        return "250 OK"
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.mails)
-
-    def since(self, index: int) -> list[Mail]:
-        with self._lock:
-            return self.mails[index:]
-
-    def __enter__(self) -> Catcher:
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
-        self._controller.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._controller is not None:
-            self._controller.stop()
 
 
 # -- the daemons --------------------------------------------------------------------------------
@@ -729,7 +672,7 @@ def reference(bench: Bench) -> Reference:
     ms = {key: sorted(x * 1000 for x in data[key]) for key in
           ("context", "render", "build", "send", "send_open")}
     sent = ms["send"]
-    print(f"send, one connection per message (as the worker): {spread(sent)}")
+    print(f"send, one connection per message:                {spread(sent)}")
     print(f"send on one connection kept open:                  {spread(ms['send_open'])}")
     print(f"render.build_context (normalises the name):        {spread(ms['context'])}")
     print(f"render.render (jinja2: subject, HTML, text):        {spread(ms['render'])}")

@@ -86,7 +86,6 @@ import platform
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -102,9 +101,15 @@ from typing import Any
 
 import psutil
 import psycopg
-from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
-from benchlib import BenchError, percentile, scratch_database, server, start_py_spy
+from benchlib import (
+    BenchError,
+    Catcher,
+    Mail,
+    percentile,
+    scratch_database,
+    server,
+    start_py_spy,
+)
 
 from wal_consumer.provision import setup
 from wal_consumer.settings import ConsumerSettings
@@ -219,58 +224,6 @@ def scalar(conn: psycopg.Connection, query: str, params: Sequence[object] = ()) 
     row = conn.execute(query, params).fetchone()
     assert row is not None
     return row[0]
-
-
-# -- the SMTP server ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    # aiosmtpd's Controller(port=0) does not work: pick a free port first.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass(frozen=True)
-class Mail:
-    at: float  # time.monotonic() when DATA was complete
-    rcpt: str
-    headers: bytes
-
-
-@dataclass
-class Catcher:
-    """An SMTP server that keeps the headers of every message and when it had it."""
-
-    port: int = field(default_factory=free_port)
-    mails: list[Mail] = field(default_factory=list)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
-    _controller: Controller | None = None
-
-    @property
-    def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
-
-    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        at = time.monotonic()
-        headers = (envelope.original_content or b"").split(b"\r\n\r\n", 1)[0]
-        with self._lock:
-            for rcpt in envelope.rcpt_tos:
-                self.mails.append(Mail(at, rcpt.lower(), headers))
-        return "250 OK"
-
-    def all(self) -> list[Mail]:
-        with self._lock:
-            return list(self.mails)
-
-    def __enter__(self) -> Catcher:
-        self._controller = Controller(self, hostname="127.0.0.1", port=self.port)
-        self._controller.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._controller is not None:
-            self._controller.stop()
 
 
 # -- the daemons --------------------------------------------------------------------------------
@@ -917,7 +870,7 @@ def notification_metrics(dsn: str, market: Market, mails: Sequence[Mail],
             strays += len(got)
             continue
         for mail in got:
-            key = (write.seq, mail.rcpt)
+            key = (write.seq, mail.rcpt.lower())
             copies[key] += 1
             first[key] = min(first.get(key, mail.at), mail.at)
     steady = {w.seq: w for w in market.writes if w.phase == "steady"}
