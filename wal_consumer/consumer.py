@@ -80,6 +80,7 @@ class Batch:
     dead: list[DeadLetter] = field(default_factory=list)
     jobs_in_db: int = 0
     changes: Counter[tuple[str, str]] = field(default_factory=Counter)
+    unrouted: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -402,10 +403,12 @@ class _Session:
         except RouteError as exc:
             txn.dead.append(DeadLetter(change, str(exc)))
             return
-        if jobs:
-            txn.jobs.extend(jobs)
-            if len(txn.jobs) >= self.settings.write_chunk_jobs:
-                self._spill(txn)
+        if not jobs:
+            self.batch.unrouted[(info.table, operation)] += 1
+            return
+        txn.jobs.extend(jobs)
+        if len(txn.jobs) >= self.settings.write_chunk_jobs:
+            self._spill(txn)
 
     def _spill(self, txn: SourceTransaction) -> None:
         """Write part of a large source transaction inside an open database transaction."""
@@ -463,6 +466,8 @@ class _Session:
         metrics.TRANSACTIONS.inc(batch.transactions)
         for (table, operation), n in batch.changes.items():
             metrics.CHANGES.labels(table, operation).inc(n)
+        for (table, operation), n in batch.unrouted.items():
+            metrics.UNROUTED_CHANGES.labels(table, operation).inc(n)
         metrics.CONFIRMED_LSN.set(self.committed.confirmed)
         self.batch = Batch()
         if time.monotonic() - self.stream.last_status_sent >= 1.0:

@@ -83,7 +83,8 @@ def test_scraped_metrics_move_as_the_daemons_work(
         # the marketplace writes: an expiring listing, a bad one, one far ahead, an owner change
         due = add_listing(conn, name_id, expires_at=utcnow() + timedelta(seconds=1))
         add_listing(conn, name_id, price_wei="12abc")  # dead letter
-        add_listing(conn, name_id, expires_at=utcnow() + timedelta(hours=1))
+        later = add_listing(conn, name_id, expires_at=utcnow() + timedelta(hours=1))
+        conn.execute("UPDATE listings SET updated_at = now() WHERE id = %s", [later])  # no job
         conn.execute("UPDATE ens_names SET owner_address = %s WHERE id = %s",
                      [NEW_OWNER, name_id])
 
@@ -104,6 +105,10 @@ def test_scraped_metrics_move_as_the_daemons_work(
                                     task="update-ownership"),
                               value(c, "wal_consumer_jobs_enqueued_total",
                                     task="update-ownership"))
+                    and moved(value(c0, "wal_consumer_unrouted_changes_total", table="listings",
+                                    operation="update"),
+                              value(c, "wal_consumer_unrouted_changes_total", table="listings",
+                                    operation="update"))
                     and moved(value(c0, "wal_consumer_dead_letters_total"),
                               value(c, "wal_consumer_dead_letters_total"))
                     and moved(value(c0, "wal_consumer_batch_commit_seconds_count"),
