@@ -178,15 +178,16 @@ async def send_notification(app: App, delivery: Delivery, args: SendArgs,
                                              claimed)
                 if status == "disabled":
                     return {"status": "disabled"}
-        except RetryableJobError as exc:
-            await ledger.mark(conn, claimed.id, "failed" if final_attempt else "retrying",
-                              str(exc))
-            metrics.NOTIFICATIONS.labels(args.channel,
-                                         "failed" if final_attempt else "retried").inc()
-            raise
         except PermanentJobError as exc:
             await ledger.mark(conn, claimed.id, "failed", str(exc))
             metrics.NOTIFICATIONS.labels(args.channel, "failed").inc()
+            raise
+        except Exception as exc:  # a provider's refusal, or a bug: either way the job retries
+            error = str(exc) if isinstance(exc, RetryableJobError) else (
+                f"{type(exc).__name__}: {exc}")
+            await ledger.mark(conn, claimed.id, "failed" if final_attempt else "retrying", error)
+            metrics.NOTIFICATIONS.labels(args.channel,
+                                         "failed" if final_attempt else "retried").inc()
             raise
         _failpoint(delivery.settings, "after-send")
         await ledger.mark(conn, claimed.id, "sent")
