@@ -162,8 +162,10 @@ def cmd_web(args: argparse.Namespace) -> int:
     host = args.host or settings.web_host
     port = settings.web_port if args.port is None else args.port
     log.info("web service on http://%s:%d (unsubscribe, health)", host, port)
+    # no access log: its request lines would carry unsubscribe tokens (the handlers log what
+    # happened without them)
     uvicorn.run(app, host=host, port=port, log_level=settings.log_level.lower(),
-                proxy_headers=True, server_header=False)
+                proxy_headers=True, server_header=False, access_log=False)
     return 0
 
 

@@ -248,6 +248,9 @@ def test_one_click_unsubscribe_stops_further_emails(
                           headers={"content-type": "application/x-www-form-urlencoded"})
         assert done.status_code == 200 and "Unsubscribed" in done.text
         assert _unsubscribed(conn, leaving) is True
+        token = local.split("token=", 1)[1]
+        web_log = (tmp_path / "web.log").read_text()
+        assert "unsubscribed (one-click)" in web_log and token not in web_log
     add_listing(conn, name_id)
     wait_until(lambda: len(smtp.to("staying@example.com")) == 2, what="the second email")
     assert len(smtp.to("leaving@example.com")) == 1
