@@ -6,7 +6,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +26,8 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from psycopg import sql
 
 from wal_consumer.localpg import LocalPostgres
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class BenchError(RuntimeError):
@@ -187,3 +191,80 @@ class Catcher:
     def __exit__(self, *exc: object) -> None:
         if self._controller is not None:
             self._controller.stop()
+
+
+# -- the daemons under test ---------------------------------------------------------------
+
+
+def pid_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of a process so far (Linux /proc; None where unknown)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@dataclass
+class Daemon:
+    """``python -m <module> <command>`` with its output in a log file."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    profiler: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> Daemon:
+        with self.log_path.open("wb") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", *self.argv], env=self.env,
+                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def alive(self) -> bool:
+        if self.proc is None or self.proc.poll() is not None:
+            raise BenchError(f"{self.name} exited early; its log ({self.log_path}):\n"
+                             f"{self.log_tail()}")
+        return True
+
+    def logged(self, text: str) -> bool:
+        with contextlib.suppress(OSError):
+            return text in self.log_path.read_text(errors="replace")
+        return False
+
+    def cpu_seconds(self) -> float:
+        return 0.0 if self.proc is None else pid_cpu(self.proc.pid) or 0.0
+
+    def profile(self, directory: Path | None) -> None:
+        if directory is not None and self.proc is not None:
+            self.profiler = start_py_spy(self.proc.pid, directory / f"{self.name}.txt")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        if self.profiler is not None:
+            try:
+                self.profiler.wait(60)
+            except subprocess.TimeoutExpired:
+                self.profiler.kill()
+
+    def log_tail(self, lines: int = 30) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def count_in_log(self, pattern: str) -> int:
+        with contextlib.suppress(OSError):
+            return len(re.findall(pattern, self.log_path.read_text(errors="replace")))
+        return 0

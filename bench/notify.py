@@ -72,7 +72,6 @@ import json
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -87,13 +86,14 @@ import psycopg
 from benchlib import (
     BenchError,
     Catcher,
+    Daemon,
     Figure,
     Mail,
     percentile,
+    pid_cpu,
     print_summary,
     scratch_database,
     server,
-    start_py_spy,
     wait_for,
 )
 
@@ -222,61 +222,6 @@ asyncio.run(main())
 # -- the daemons --------------------------------------------------------------------------------
 
 
-@dataclass
-class Daemon:
-    """``python -m <module> <command>`` with its output in a log file."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-    profiler: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Daemon:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", *self.argv], env=self.env,
-                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        return self
-
-    def alive(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise BenchError(f"{self.name} exited early; its log ({self.log_path}):\n"
-                             f"{self.log_tail()}")
-        return True
-
-    def logged(self, text: str) -> bool:
-        with contextlib.suppress(OSError):
-            return text in self.log_path.read_text(errors="replace")
-        return False
-
-    def cpu_seconds(self) -> float:
-        return 0.0 if self.proc is None else pid_cpu(self.proc.pid) or 0.0
-
-    def profile(self, directory: Path | None) -> None:
-        if directory is not None and self.proc is not None:
-            self.profiler = start_py_spy(self.proc.pid, directory / f"{self.name}.txt")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        if self.profiler is not None:
-            try:
-                self.profiler.wait(60)
-            except subprocess.TimeoutExpired:
-                self.profiler.kill()
-
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-
 def daemon_env(dsn: str, smtp_url: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in PINNED_ENV}
     env.setdefault("JOB_EMAIL_RATE_PER_S", BENCH_EMAIL_RATE)
@@ -359,15 +304,6 @@ def add_names(bench: Bench, tag: str, count: int, watchers: int) -> list[int]:
         with contextlib.suppress(psycopg.Error):
             conn.execute("CHECKPOINT")
     return ids
-
-
-def pid_cpu(pid: int) -> float | None:
-    """User + system CPU seconds of a process so far (Linux /proc; None where unknown)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def is_postgres(pid: int) -> bool:

@@ -85,7 +85,6 @@ import os
 import platform
 import random
 import re
-import signal
 import subprocess
 import sys
 import tempfile
@@ -104,6 +103,7 @@ import psycopg
 from benchlib import (
     BenchError,
     Catcher,
+    Daemon,
     Mail,
     percentile,
     scratch_database,
@@ -227,58 +227,6 @@ def scalar(conn: psycopg.Connection, query: str, params: Sequence[object] = ()) 
 
 
 # -- the daemons --------------------------------------------------------------------------------
-
-
-@dataclass
-class Daemon:
-    """``python -m <module> <command>`` with its output in a log file."""
-
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Daemon:
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", *self.argv], env=self.env,
-                                         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        if self.proc is None or self.proc.poll() is not None:
-            raise BenchError(f"{self.name} exited early; its log ({self.log_path}):\n"
-                             f"{self.log_tail()}")
-        return True
-
-    def logged(self, text: str) -> bool:
-        with contextlib.suppress(OSError):
-            return text in self.log_path.read_text(errors="replace")
-        return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
-    def count_in_log(self, pattern: str) -> int:
-        with contextlib.suppress(OSError):
-            return len(re.findall(pattern, self.log_path.read_text(errors="replace")))
-        return 0
 
 
 def daemon_env(dsn: str, smtp_url: str) -> dict[str, str]:
