@@ -68,6 +68,7 @@ from benchlib import (
     BenchError,
     Figure,
     percentile,
+    pid_cpu,
     print_summary,
     ratio_text,
     scratch_database,
@@ -250,13 +251,7 @@ class WorkerProcess:
 
     def cpu_seconds(self) -> float | None:
         """User + system CPU time of the worker so far (Linux /proc), None where unknown."""
-        if self.proc is None:
-            return None
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return None
+        return None if self.proc is None else pid_cpu(self.proc.pid)
 
     def alive(self) -> bool:
         if self.proc is None or self.proc.poll() is not None:

@@ -8,7 +8,6 @@ import email.policy
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -134,13 +133,3 @@ class WebhookReceiver:
     def received(self) -> list[Request]:
         with self._lock:
             return list(self.requests)
-
-
-def running_smtp() -> Iterator[SmtpCatcher]:
-    catcher = SmtpCatcher().start()
-    try:
-        yield catcher
-    finally:
-        catcher.stop()
-
-

@@ -85,12 +85,9 @@ class SmtpPool:
         self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
 
     async def _connect(self) -> aiosmtplib.SMTP:
-        c = self.config
-        client = aiosmtplib.SMTP(hostname=c.hostname, port=c.port, username=c.username,
-                                 password=c.password, use_tls=c.use_tls, start_tls=c.start_tls,
-                                 timeout=c.timeout_s, tls_context=self.tls_context)
-        await client.connect()
-        return client
+        smtp = client(self.config, self.tls_context)
+        await smtp.connect()
+        return smtp
 
     def _reusable(self) -> aiosmtplib.SMTP | None:
         now = time.monotonic()
@@ -124,12 +121,17 @@ class SmtpPool:
             self._idle.pop()[0].close()
 
 
+def client(config: SmtpConfig, tls_context: ssl.SSLContext | None = None) -> aiosmtplib.SMTP:
+    """An unconnected SMTP client for `config`. TLS verifies the server's certificate against
+    the system's CAs (or `tls_context`)."""
+    return aiosmtplib.SMTP(hostname=config.hostname, port=config.port,
+                           username=config.username, password=config.password,
+                           use_tls=config.use_tls, start_tls=config.start_tls,
+                           timeout=config.timeout_s, tls_context=tls_context)
+
+
 async def send(config: SmtpConfig, message: EmailMessage,
                tls_context: ssl.SSLContext | None = None) -> None:
-    """Hand one message to the SMTP server; aiosmtplib's errors propagate. TLS verifies the
-    server's certificate against the system's CAs (or `tls_context`)."""
-    await aiosmtplib.send(
-        message, hostname=config.hostname, port=config.port, username=config.username,
-        password=config.password, use_tls=config.use_tls, start_tls=config.start_tls,
-        timeout=config.timeout_s, tls_context=tls_context,
-    )
+    """One message on a session of its own (the benchmark's reference; workers use the pool)."""
+    async with client(config, tls_context) as smtp:
+        await smtp.send_message(message)

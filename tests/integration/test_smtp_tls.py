@@ -1,5 +1,5 @@
 """Email over TLS when SMTP_URL asks for it: implicit TLS (smtps://) and required STARTTLS,
-against aiosmtpd servers with a test CA's certificate."""
+against aiosmtpd servers with a test CA's certificate, through the workers' session pool."""
 
 from __future__ import annotations
 
@@ -28,6 +28,17 @@ def ca() -> trustme.CA:
     return trustme.CA()
 
 
+def send(config: smtp.SmtpConfig, tls_context: ssl.SSLContext | None = None) -> None:
+    async def once() -> None:
+        pool = smtp.SmtpPool(config, size=1, tls_context=tls_context)
+        try:
+            await pool.send(message())
+        finally:
+            pool.close()
+
+    asyncio.run(once())
+
+
 def contexts(ca: trustme.CA) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ca.issue_cert("localhost").configure_cert(server)
@@ -44,10 +55,10 @@ def test_implicit_tls(ca: trustme.CA) -> None:
     controller.start()
     try:
         config = smtp.parse_smtp_url(f"smtps://localhost:{catcher.port}", 5)
-        asyncio.run(smtp.send(config, message(), tls_context=client_ctx))
+        send(config, client_ctx)
         assert catcher.count() == 1
         with pytest.raises(aiosmtplib.SMTPConnectError):  # an untrusted certificate
-            asyncio.run(smtp.send(config, message()))
+            send(config)
     finally:
         controller.stop()
 
@@ -60,11 +71,11 @@ def test_required_starttls(ca: trustme.CA) -> None:
     controller.start()
     try:
         url = f"smtp://localhost:{catcher.port}?starttls=required"
-        asyncio.run(smtp.send(smtp.parse_smtp_url(url, 5), message(), tls_context=client_ctx))
+        send(smtp.parse_smtp_url(url, 5), client_ctx)
         assert catcher.count() == 1
         plain = smtp.parse_smtp_url(f"smtp://localhost:{catcher.port}?starttls=false", 5)
         with pytest.raises(aiosmtplib.SMTPResponseException, match="STARTTLS"):
-            asyncio.run(smtp.send(plain, message()))
+            send(plain)
         assert catcher.count() == 1
     finally:
         controller.stop()
